@@ -1,0 +1,69 @@
+//! Command definitions and dispatch. Each command lives in its own file.
+
+mod budget;
+mod eval;
+mod generate;
+mod inspect;
+
+use clap::{Args, Parser, Subcommand};
+use ept::Result;
+use ept::io::hub::resolve_model;
+use ept::io::weights::FloatType;
+use ept::model::Backbone;
+
+#[derive(Parser)]
+#[command(name = "ept", version, about = "Efficient prompt tuning (EPT, DePT, PT) for frozen Hugging Face models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Token-weighted cross-entropy of a model (and prompt) on a data set.
+    Eval(eval::EvalArgs),
+    /// Greedy continuation of a text.
+    Generate(generate::GenerateArgs),
+    /// Solve the parameter budget l·d = s·d + (m+d)·r.
+    Budget(budget::BudgetArgs),
+    /// Architecture, sizes, dtype, parameter count and files of a model.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Where the frozen model comes from.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A folder as `save_pretrained` writes it, or a hub id found in the local Hugging Face cache.
+    #[arg(long)]
+    pub model: String,
+    /// Branch, tag or commit of a hub id in the cache.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Compute dtype: f32 (default; bf16 checkpoints are upcast) or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, train: bool) -> Result<Backbone> {
+        let dir = resolve_model(&self.model, self.revision.as_deref())?;
+        let dtype = self.dtype.as_deref().map(FloatType::parse).transpose()?;
+        Backbone::load(&dir, dtype, &ept::runtime::cpu_device(train))
+    }
+}
+
+pub fn run() -> Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with success; usage errors print clap's message.
+            e.exit();
+        }
+    };
+    match cli.command {
+        Command::Eval(a) => eval::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Budget(a) => budget::run(a),
+    }
+}

@@ -1,0 +1,124 @@
+//! Scoring a frozen model (with or without a prompt) on text pairs: losses and generations.
+
+use burn::tensor::Tensor;
+
+use crate::data::TextPair;
+use crate::error::Result;
+use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
+use crate::model::t5::token_loss_sums;
+use crate::model::{T5, TextTokenizer};
+use crate::prompt::PromptInput;
+
+/// Token-weighted loss over a data set.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LossReport {
+    /// Sum of token losses / number of target tokens (`</s>` included, padding never).
+    pub loss: f64,
+    pub tokens: usize,
+    pub examples: usize,
+    pub loss_sum: f64,
+}
+
+/// Tokenizes pairs; sources longer than `max_source_len` are truncated (keeping `</s>`).
+pub fn tokenize_pairs(
+    tok: &TextTokenizer,
+    pairs: &[TextPair],
+    max_source_len: Option<usize>,
+) -> Result<Vec<TokenizedExample>> {
+    pairs
+        .iter()
+        .map(|p| {
+            Ok(TokenizedExample {
+                input_ids: tok.encode(&p.source, max_source_len)?,
+                label_ids: tok.encode(&p.target, None)?,
+            })
+        })
+        .collect()
+}
+
+/// Per-example sums of target-token cross-entropy for one batch (a tracked
+/// tensor when the prompt is trainable: the training loss is built from it).
+pub fn batch_loss_sums(model: &T5, prompt: &dyn PromptInput, batch: &Seq2SeqBatch) -> Tensor<1> {
+    let embeds = model.embed(batch.input_ids.clone());
+    let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
+    let enc = model.encode_embeds(enc_in, &mask);
+    let logits = model.decode(batch.decoder_input_ids.clone(), enc, &mask);
+    token_loss_sums(logits, batch.labels.clone(), batch.label_mask.clone())
+}
+
+/// Batches of at most `batch_size` examples, in length order so padding stays small.
+/// Returns index lists into `examples`.
+pub fn length_sorted_batches(examples: &[TokenizedExample], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].input_ids.len(), examples[i].label_ids.len()));
+    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+/// Loss sum of every example, in input order.
+pub fn example_loss_sums(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> Vec<f64> {
+    let cfg = &model.config;
+    let mut sums = vec![0f64; examples.len()];
+    for idx in length_sorted_batches(examples, batch_size) {
+        let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
+        let batch = Seq2SeqBatch::new(&rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
+        let values = crate::tensors::to_f32_vec(batch_loss_sums(model, prompt, &batch));
+        for (k, &i) in idx.iter().enumerate() {
+            sums[i] = values[k] as f64;
+        }
+    }
+    sums
+}
+
+/// Token-weighted mean cross-entropy over `examples`.
+pub fn corpus_loss(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> LossReport {
+    let sums = example_loss_sums(model, prompt, examples, batch_size);
+    let tokens: usize = examples.iter().map(|e| e.label_ids.len()).sum();
+    let loss_sum: f64 = sums.iter().sum();
+    LossReport {
+        loss: if tokens == 0 { f64::NAN } else { loss_sum / tokens as f64 },
+        tokens,
+        examples: examples.len(),
+        loss_sum,
+    }
+}
+
+/// Greedy generations for `inputs` (token ids with `</s>`), in input order.
+pub fn generate_ids(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    inputs: &[Vec<u32>],
+    batch_size: usize,
+    max_new_tokens: usize,
+) -> Vec<Vec<u32>> {
+    let cfg = &model.config;
+    let examples: Vec<TokenizedExample> = inputs
+        .iter()
+        .map(|ids| TokenizedExample {
+            input_ids: ids.clone(),
+            label_ids: vec![cfg.eos_token_id],
+        })
+        .collect();
+    let mut out = vec![Vec::new(); inputs.len()];
+    for idx in length_sorted_batches(&examples, batch_size) {
+        let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
+        let batch = Seq2SeqBatch::new(&rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
+        let embeds = model.embed(batch.input_ids.clone());
+        let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
+        let enc = model.encode_embeds(enc_in, &mask);
+        let generated = model.generate(enc, &mask, max_new_tokens);
+        for (k, &i) in idx.iter().enumerate() {
+            out[i] = generated[k].clone();
+        }
+    }
+    out
+}

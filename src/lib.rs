@@ -1,0 +1,27 @@
+//! # ept — Efficient Prompt Tuning for frozen Hugging Face language models
+//!
+//! Trains, evaluates and ships soft prompts with EPT (Lan et al., 2024) and its
+//! baselines, prompt tuning and DePT, on a frozen T5 read straight from
+//! Hugging Face files. Dependencies point one way, from file formats up:
+//!
+//! - [`io`]: safetensors checkpoints and the Hugging Face cache;
+//! - [`model`]: frozen backbones (T5), their configs and tokenizers;
+//! - [`prompt`]: the trainable parametrisations (PT, DePT, EPT);
+//! - [`data`]: readers, task formatting, splits, batching;
+//! - [`evaluate`]: losses and generations over a data set;
+//! - [`runtime`]: device and allocator set-up.
+//!
+//! The `ept` binary (`src/main.rs`, `src/cli/`) is a thin layer over this library.
+
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod io;
+pub mod model;
+pub mod prompt;
+pub mod rng;
+pub mod tensors;
+pub mod runtime;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,209 @@
+//! `config.json` of a T5 checkpoint, mirroring transformers' `T5Config` with its defaults.
+//!
+//! Absent fields take transformers' defaults so that any config written by
+//! `save_pretrained` (v4 or v5) loads. Fields we do not use are ignored.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+fn d_vocab() -> usize {
+    32128
+}
+fn d_model() -> usize {
+    512
+}
+fn d_kv() -> usize {
+    64
+}
+fn d_ff() -> usize {
+    2048
+}
+fn d_layers() -> usize {
+    6
+}
+fn d_heads() -> usize {
+    8
+}
+fn d_buckets() -> usize {
+    32
+}
+fn d_max_distance() -> usize {
+    128
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_ff_proj() -> String {
+    "relu".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_eos() -> u32 {
+    1
+}
+
+/// transformers' `T5Config`, the fields the forward pass needs.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct T5Config {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_model")]
+    pub d_model: usize,
+    #[serde(default = "d_kv")]
+    pub d_kv: usize,
+    #[serde(default = "d_ff")]
+    pub d_ff: usize,
+    #[serde(default = "d_layers")]
+    pub num_layers: usize,
+    /// `None` means "as many as the encoder".
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    #[serde(default = "d_heads")]
+    pub num_heads: usize,
+    #[serde(default = "d_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "d_max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f64,
+    /// "relu" (T5 v1.0), "gated-gelu" (v1.1, flan), "gated-silu", ...
+    #[serde(default = "d_ff_proj")]
+    pub feed_forward_proj: String,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    /// Written by transformers >= 5; older configs imply it from `tie_word_embeddings`.
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "d_eos")]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+    /// `torch_dtype` (v4) or `dtype` (v5): the dtype the weights were saved in.
+    #[serde(default, alias = "dtype")]
+    pub torch_dtype: Option<String>,
+}
+
+/// The activation inside the feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    /// The tanh approximation (`gelu_new`), which T5 v1.1's "gated-gelu" means.
+    GeluNew,
+    /// The exact erf GELU.
+    Gelu,
+    Silu,
+}
+
+/// The shape of the feed-forward block: `wo(act(wi x))` or `wo(act(wi_0 x) * wi_1 x)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedForwardKind {
+    pub gated: bool,
+    pub act: Activation,
+}
+
+impl T5Config {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = crate::error::read_to_string(path)?;
+        let cfg: T5Config = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.into(),
+            line: Some(e.line()),
+            msg: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        match self.model_type.as_deref() {
+            Some("t5") | Some("mt5") => {}
+            Some(other) => {
+                return Err(Error::field(
+                    path,
+                    "model_type",
+                    format!("unsupported architecture `{other}`: expected `t5` or `mt5`"),
+                ));
+            }
+            None => {
+                return Err(Error::field(path, "model_type", "missing: expected `t5` or `mt5`"));
+            }
+        }
+        for (field, value) in [
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            ("vocab_size", self.vocab_size),
+            ("num_layers", self.num_layers),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+        ] {
+            if value == 0 {
+                return Err(Error::field(path, field, "must be positive"));
+            }
+        }
+        self.feed_forward(path)?;
+        Ok(())
+    }
+
+    /// Parses `feed_forward_proj` the way transformers does ("gated-" prefix, activation suffix).
+    pub fn feed_forward(&self, path: &Path) -> Result<FeedForwardKind> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let gated = parts.len() > 1 && parts[0] == "gated";
+        if parts.len() > 2 || (parts.len() == 2 && !gated) {
+            return Err(Error::field(
+                path,
+                "feed_forward_proj",
+                format!(
+                    "`{}`: expected `{{ACT}}` or `gated-{{ACT}}`",
+                    self.feed_forward_proj
+                ),
+            ));
+        }
+        let act_name = parts[parts.len() - 1];
+        let act = match (act_name, gated) {
+            ("relu", _) => Activation::Relu,
+            // transformers maps "gated-gelu" to gelu_new for backwards compatibility.
+            ("gelu", true) | ("gelu_new", _) | ("gelu_pytorch_tanh", _) => Activation::GeluNew,
+            ("gelu", false) => Activation::Gelu,
+            ("silu", _) | ("swish", _) => Activation::Silu,
+            (other, _) => {
+                return Err(Error::field(
+                    path,
+                    "feed_forward_proj",
+                    format!("unsupported activation `{other}`: expected relu, gelu, gelu_new or silu"),
+                ));
+            }
+        };
+        Ok(FeedForwardKind { gated, act })
+    }
+
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Width of the attention projections (may differ from `d_model`).
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Whether the decoder output is multiplied by `d_model^-0.5` before the LM head.
+    pub fn rescale_decoder_output(&self) -> bool {
+        self.scale_decoder_outputs.unwrap_or(self.tie_word_embeddings)
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token_id.unwrap_or(0)
+    }
+
+    pub fn decoder_start_id(&self) -> u32 {
+        self.decoder_start_token_id.unwrap_or(self.pad_id())
+    }
+}

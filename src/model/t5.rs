@@ -1,0 +1,566 @@
+//! The frozen T5 encoder-decoder, computing what transformers' `modeling_t5.py` computes.
+//!
+//! Notes that matter for parity (METHOD.md §7):
+//! - attention scores are *not* scaled by 1/√d_kv;
+//! - the relative position bias lives in block 0 of each stack and is shared by
+//!   all its layers (bidirectional buckets in the encoder, causal in the decoder);
+//!   cross-attention has none;
+//! - T5LayerNorm is RMS without mean or bias, computed in f32;
+//! - v1.0 multiplies the decoder output by d_model^-0.5 before the tied head.
+//!
+//! Weights are plain tensors that never require gradients: a backward pass
+//! through this model computes gradients only for what the caller made
+//! trainable (the prompt), never for a weight.
+
+use std::path::Path;
+
+use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu, softmax};
+use burn::tensor::module::{embedding, linear};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use super::config::{Activation, FeedForwardKind, T5Config};
+use crate::error::{Error, Result};
+use crate::io::weights::{FloatType, WeightFile};
+
+/// Large negative number added to masked attention scores (exp underflows to 0).
+const MASK_VALUE: f32 = -1e30;
+
+/// A bias-free dense layer; the weight is stored transposed, `[in, out]`, once at load.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+}
+
+impl Linear {
+    fn load(w: &WeightFile, name: &str, d_in: usize, d_out: usize, ctx: &Ctx) -> Result<Self> {
+        // PyTorch stores nn.Linear weights as [out, in].
+        let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
+        Ok(Linear { weight: t.transpose() })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        linear(x, self.weight.clone(), None)
+    }
+}
+
+/// T5LayerNorm: `w * x / sqrt(mean(x²) + eps)`, statistics in f32.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor<1>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &WeightFile, name: &str, d: usize, eps: f64, ctx: &Ctx) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: w.tensor(name, [d], ctx.dtype, &ctx.device)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dtype = x.dtype();
+        let x32 = x.cast(DType::F32);
+        let var = x32.clone().square().mean_dim(2);
+        let normed = x32 * (var + self.eps).sqrt().recip();
+        normed.cast(dtype) * self.weight.clone().unsqueeze::<3>()
+    }
+}
+
+/// Cached keys and values of one attention layer during incremental decoding.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    k: Tensor<4>,
+    v: Tensor<4>,
+}
+
+/// Multi-head attention with T5's unscaled scores and optional relative bias table.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// `[num_buckets, num_heads]`, only in block 0 of a stack.
+    pub relative_bias: Option<Tensor<2>>,
+    n_heads: usize,
+    d_kv: usize,
+}
+
+impl Attention {
+    fn load(w: &WeightFile, prefix: &str, with_bias: bool, cfg: &T5Config, ctx: &Ctx) -> Result<Self> {
+        let (d, inner) = (cfg.d_model, cfg.inner_dim());
+        let relative_bias = if with_bias {
+            Some(w.tensor(
+                &format!("{prefix}.relative_attention_bias.weight"),
+                [cfg.relative_attention_num_buckets, cfg.num_heads],
+                ctx.dtype,
+                &ctx.device,
+            )?)
+        } else {
+            None
+        };
+        Ok(Attention {
+            q: Linear::load(w, &format!("{prefix}.q.weight"), d, inner, ctx)?,
+            k: Linear::load(w, &format!("{prefix}.k.weight"), d, inner, ctx)?,
+            v: Linear::load(w, &format!("{prefix}.v.weight"), d, inner, ctx)?,
+            o: Linear::load(w, &format!("{prefix}.o.weight"), inner, d, ctx)?,
+            relative_bias,
+            n_heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+        })
+    }
+
+    /// `[b, t, inner]` -> `[b, heads, t, d_kv]`.
+    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, t, _] = x.dims();
+        x.reshape([b, t, self.n_heads, self.d_kv]).swap_dims(1, 2)
+    }
+
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: &Tensor<4>) -> Tensor<3> {
+        let [b, _, t, _] = q.dims();
+        let dtype = q.dtype();
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) + bias.clone();
+        let weights = softmax(scores, 3).cast(dtype);
+        let ctx = weights.matmul(v).swap_dims(1, 2).reshape([b, t, self.n_heads * self.d_kv]);
+        self.o.forward(ctx)
+    }
+
+    /// Self- or cross-attention over a whole sequence; `bias` (f32) holds the
+    /// position bias and the masks, broadcastable to `[b, heads, t_q, t_k]`.
+    pub fn forward(&self, x: Tensor<3>, kv: Option<Tensor<3>>, bias: &Tensor<4>) -> Tensor<3> {
+        let src = kv.unwrap_or_else(|| x.clone());
+        let q = self.split_heads(self.q.forward(x));
+        let k = self.split_heads(self.k.forward(src.clone()));
+        let v = self.split_heads(self.v.forward(src));
+        self.attend(q, k, v, bias)
+    }
+
+    /// One decoding step of self-attention, appending this step's key and value to `cache`.
+    fn forward_step(&self, x: Tensor<3>, cache: &mut Option<KvCache>, bias: &Tensor<4>) -> Tensor<3> {
+        let q = self.split_heads(self.q.forward(x.clone()));
+        let k_new = self.split_heads(self.k.forward(x.clone()));
+        let v_new = self.split_heads(self.v.forward(x));
+        let (k, v) = match cache.take() {
+            Some(c) => (Tensor::cat(vec![c.k, k_new], 2), Tensor::cat(vec![c.v, v_new], 2)),
+            None => (k_new, v_new),
+        };
+        *cache = Some(KvCache { k: k.clone(), v: v.clone() });
+        self.attend(q, k, v, bias)
+    }
+
+    /// Keys and values of the encoder output, computed once per generation.
+    fn cross_cache(&self, enc: Tensor<3>) -> KvCache {
+        KvCache {
+            k: self.split_heads(self.k.forward(enc.clone())),
+            v: self.split_heads(self.v.forward(enc)),
+        }
+    }
+
+    /// The `[1, heads, q_len, k_len]` relative position bias for queries at
+    /// positions `q_offset..q_offset+q_len` against keys `0..k_len`.
+    pub fn position_bias(
+        &self,
+        q_len: usize,
+        k_len: usize,
+        q_offset: usize,
+        bidirectional: bool,
+        cfg: &T5Config,
+    ) -> Tensor<4> {
+        let table = self.relative_bias.as_ref().expect("position bias asked of a block without one");
+        let mut buckets = Vec::with_capacity(q_len * k_len);
+        for i in 0..q_len {
+            for j in 0..k_len {
+                let rel = j as i64 - (i + q_offset) as i64;
+                buckets.push(relative_position_bucket(
+                    rel,
+                    bidirectional,
+                    cfg.relative_attention_num_buckets,
+                    cfg.relative_attention_max_distance,
+                ));
+            }
+        }
+        let device = table.device();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(buckets, [q_len * k_len]), &device);
+        table
+            .clone()
+            .select(0, idx)
+            .cast(DType::F32)
+            .reshape([q_len, k_len, self.n_heads])
+            .permute([2, 0, 1])
+            .unsqueeze::<4>()
+    }
+}
+
+/// transformers' `_relative_position_bucket`, including its f32 logarithm.
+pub fn relative_position_bucket(rel: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> i64 {
+    let mut num_buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let rel = if bidirectional {
+        num_buckets /= 2;
+        if rel > 0 {
+            bucket += num_buckets;
+        }
+        rel.abs()
+    } else {
+        -rel.min(0)
+    };
+    let max_exact = num_buckets / 2;
+    if rel < max_exact {
+        return bucket + rel;
+    }
+    let ratio = (rel as f32 / max_exact as f32).ln();
+    let scale = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+    let large = max_exact + (ratio / scale * (num_buckets - max_exact) as f32) as i64;
+    bucket + large.min(num_buckets - 1)
+}
+
+/// The position-wise feed-forward block.
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    pub wi: Linear,
+    /// The gate's second projection (`wi_1`) in gated variants.
+    pub wi_gate: Option<Linear>,
+    pub wo: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn load(w: &WeightFile, prefix: &str, kind: FeedForwardKind, cfg: &T5Config, ctx: &Ctx) -> Result<Self> {
+        let (d, f) = (cfg.d_model, cfg.d_ff);
+        let (wi, wi_gate) = if kind.gated {
+            (
+                Linear::load(w, &format!("{prefix}.wi_0.weight"), d, f, ctx)?,
+                Some(Linear::load(w, &format!("{prefix}.wi_1.weight"), d, f, ctx)?),
+            )
+        } else {
+            (Linear::load(w, &format!("{prefix}.wi.weight"), d, f, ctx)?, None)
+        };
+        Ok(FeedForward {
+            wi,
+            wi_gate,
+            wo: Linear::load(w, &format!("{prefix}.wo.weight"), f, d, ctx)?,
+            act: kind.act,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.wi.forward(x.clone());
+        let h = match self.act {
+            Activation::Relu => relu(h),
+            Activation::GeluNew => gelu_approximate(h),
+            Activation::Gelu => gelu(h),
+            Activation::Silu => silu(h),
+        };
+        let h = match &self.wi_gate {
+            Some(g) => h * g.forward(x),
+            None => h,
+        };
+        self.wo.forward(h)
+    }
+}
+
+/// One encoder block: self-attention then feed-forward, each pre-normed with a residual.
+#[derive(Clone, Debug)]
+pub struct EncoderBlock {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub ff_norm: RmsNorm,
+    pub ff: FeedForward,
+}
+
+/// One decoder block: causal self-attention, cross-attention, feed-forward.
+#[derive(Clone, Debug)]
+pub struct DecoderBlock {
+    pub self_norm: RmsNorm,
+    pub self_attn: Attention,
+    pub cross_norm: RmsNorm,
+    pub cross_attn: Attention,
+    pub ff_norm: RmsNorm,
+    pub ff: FeedForward,
+}
+
+/// Where and in what precision the weights live.
+#[derive(Clone)]
+struct Ctx {
+    device: Device,
+    dtype: FloatType,
+}
+
+/// A T5 encoder-decoder with frozen weights.
+#[derive(Clone, Debug)]
+pub struct T5 {
+    pub config: T5Config,
+    /// The shared token embedding, `[vocab, d_model]`.
+    pub shared: Tensor<2>,
+    pub encoder: Vec<EncoderBlock>,
+    pub encoder_norm: RmsNorm,
+    pub decoder: Vec<DecoderBlock>,
+    pub decoder_norm: RmsNorm,
+    /// `[d_model, vocab]`: the file's `lm_head.weight` transposed, or the shared embedding's.
+    pub lm_head: Tensor<2>,
+    /// Whether `lm_head` is the shared embedding (for parameter counts).
+    pub tied_head: bool,
+    pub dtype: FloatType,
+    device: Device,
+}
+
+/// Names under which checkpoints store the shared embedding.
+const EMBEDDING_NAMES: [&str; 3] = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
+
+impl T5 {
+    /// Loads a checkpoint folder (`config.json` + safetensors) on `device` in `dtype`.
+    pub fn load(dir: &Path, dtype: FloatType, device: &Device) -> Result<Self> {
+        let config = T5Config::from_file(&dir.join("config.json"))?;
+        let weights = WeightFile::open_dir(dir)?;
+        Self::from_weights(config, &weights, &dir.join("config.json"), dtype, device)
+    }
+
+    pub fn from_weights(
+        config: T5Config,
+        w: &WeightFile,
+        config_path: &Path,
+        dtype: FloatType,
+        device: &Device,
+    ) -> Result<Self> {
+        let ctx = Ctx {
+            device: device.clone(),
+            dtype,
+        };
+        let cfg = &config;
+        let kind = cfg.feed_forward(config_path)?;
+        let (d, v) = (cfg.d_model, cfg.vocab_size);
+        let emb_name = w.first_present(&EMBEDDING_NAMES).ok_or_else(|| Error::MissingTensor {
+            path: w.origin().to_path_buf(),
+            name: "shared.weight".into(),
+        })?;
+        let shared = w.tensor(emb_name, [v, d], dtype, device)?;
+        let eps = cfg.layer_norm_epsilon;
+        let mut encoder = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("encoder.block.{i}.layer");
+            encoder.push(EncoderBlock {
+                attn_norm: RmsNorm::load(w, &format!("{p}.0.layer_norm.weight"), d, eps, &ctx)?,
+                attn: Attention::load(w, &format!("{p}.0.SelfAttention"), i == 0, cfg, &ctx)?,
+                ff_norm: RmsNorm::load(w, &format!("{p}.1.layer_norm.weight"), d, eps, &ctx)?,
+                ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), kind, cfg, &ctx)?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(cfg.decoder_layers());
+        for i in 0..cfg.decoder_layers() {
+            let p = format!("decoder.block.{i}.layer");
+            decoder.push(DecoderBlock {
+                self_norm: RmsNorm::load(w, &format!("{p}.0.layer_norm.weight"), d, eps, &ctx)?,
+                self_attn: Attention::load(w, &format!("{p}.0.SelfAttention"), i == 0, cfg, &ctx)?,
+                cross_norm: RmsNorm::load(w, &format!("{p}.1.layer_norm.weight"), d, eps, &ctx)?,
+                cross_attn: Attention::load(w, &format!("{p}.1.EncDecAttention"), false, cfg, &ctx)?,
+                ff_norm: RmsNorm::load(w, &format!("{p}.2.layer_norm.weight"), d, eps, &ctx)?,
+                ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), kind, cfg, &ctx)?,
+            });
+        }
+        let encoder_norm = RmsNorm::load(w, "encoder.final_layer_norm.weight", d, eps, &ctx)?;
+        let decoder_norm = RmsNorm::load(w, "decoder.final_layer_norm.weight", d, eps, &ctx)?;
+        // transformers >= 5 uses the file's own head whenever there is one (a
+        // re-saved untied model says `tie_word_embeddings: true` and keeps it).
+        let (lm_head, tied_head) = if w.contains("lm_head.weight") {
+            (w.tensor("lm_head.weight", [v, d], dtype, device)?.transpose(), false)
+        } else {
+            (shared.clone().transpose(), true)
+        };
+        Ok(T5 {
+            config,
+            shared,
+            encoder,
+            encoder_norm,
+            decoder,
+            decoder_norm,
+            lm_head,
+            tied_head,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.config.d_model
+    }
+
+    /// Token embeddings of `ids` (`[b, t]` -> `[b, t, d]`).
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.shared.clone(), ids)
+    }
+
+    /// Additive f32 mask `[b, 1, 1, t]` from a `[b, t]` 1/0 attention mask.
+    fn mask_bias(mask: &Tensor<2>) -> Tensor<4> {
+        let [b, t] = mask.dims();
+        ((mask.clone().cast(DType::F32) - 1.0) * (-MASK_VALUE)).reshape([b, 1, 1, t])
+    }
+
+    /// Runs the encoder on input *embeddings* (prompts are prepended there).
+    /// `mask` is `[b, t]` with 1 for real positions and 0 for padding.
+    pub fn encode_embeds(&self, embeds: Tensor<3>, mask: &Tensor<2>) -> Tensor<3> {
+        let [_, t, _] = embeds.dims();
+        let bias = self.encoder[0].attn.position_bias(t, t, 0, true, &self.config) + Self::mask_bias(mask);
+        let mut h = embeds.cast(self.dtype.dtype());
+        for block in &self.encoder {
+            h = h.clone() + block.attn.forward(block.attn_norm.forward(h), None, &bias);
+            h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
+        }
+        self.encoder_norm.forward(h)
+    }
+
+    /// Causal mask `[1, 1, t, t]`: 0 on and below the diagonal, MASK_VALUE above.
+    fn causal_bias(&self, t: usize) -> Tensor<4> {
+        let mut v = vec![0f32; t * t];
+        for i in 0..t {
+            for j in (i + 1)..t {
+                v[i * t + j] = MASK_VALUE;
+            }
+        }
+        Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, t]), (&self.device, DType::F32))
+    }
+
+    /// Final norm, optional rescale and LM head: decoder states -> f32 logits.
+    fn head(&self, h: Tensor<3>) -> Tensor<3> {
+        let h = self.decoder_norm.forward(h);
+        let h = if self.config.rescale_decoder_output() {
+            h * (self.config.d_model as f64).powf(-0.5)
+        } else {
+            h
+        };
+        linear(h, self.lm_head.clone(), None).cast(DType::F32)
+    }
+
+    /// Teacher-forced decoder: logits `[b, t, vocab]` (f32) for `decoder_ids`.
+    pub fn decode(&self, decoder_ids: Tensor<2, Int>, enc: Tensor<3>, enc_mask: &Tensor<2>) -> Tensor<3> {
+        let [_, t] = decoder_ids.dims();
+        let self_bias =
+            self.decoder[0].self_attn.position_bias(t, t, 0, false, &self.config) + self.causal_bias(t);
+        let cross_bias = Self::mask_bias(enc_mask);
+        let mut h = self.embed(decoder_ids);
+        for block in &self.decoder {
+            h = h.clone() + block.self_attn.forward(block.self_norm.forward(h), None, &self_bias);
+            h = h.clone() + block.cross_attn.forward(block.cross_norm.forward(h), Some(enc.clone()), &cross_bias);
+            h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
+        }
+        self.head(h)
+    }
+
+    /// Greedy decoding with a key/value cache; stops at `</s>` or after `max_new_tokens`.
+    /// Returns the generated ids of each row, `</s>` included when produced.
+    pub fn generate(&self, enc: Tensor<3>, enc_mask: &Tensor<2>, max_new_tokens: usize) -> Vec<Vec<u32>> {
+        let [b, _, _] = enc.dims();
+        let eos = self.config.eos_token_id;
+        let pad = self.config.pad_id();
+        let cross_bias = Self::mask_bias(enc_mask);
+        let cross: Vec<KvCache> = self.decoder.iter().map(|blk| blk.cross_attn.cross_cache(enc.clone())).collect();
+        let mut caches: Vec<Option<KvCache>> = vec![None; self.decoder.len()];
+        let mut current = vec![self.config.decoder_start_id(); b];
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        for step in 0..max_new_tokens {
+            let ids: Vec<i64> = current.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &self.device);
+            let self_bias = self.decoder[0].self_attn.position_bias(1, step + 1, step, false, &self.config);
+            let mut h = self.embed(ids);
+            for (i, block) in self.decoder.iter().enumerate() {
+                h = h.clone() + block.self_attn.forward_step(block.self_norm.forward(h), &mut caches[i], &self_bias);
+                let c = &cross[i];
+                let a = &block.cross_attn;
+                let q = a.split_heads(a.q.forward(block.cross_norm.forward(h.clone())));
+                h = h + a.attend(q, c.k.clone(), c.v.clone(), &cross_bias);
+                h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
+            }
+            let logits = self.head(h);
+            let next = crate::tensors::to_i64_vec(logits.argmax(2));
+            for r in 0..b {
+                let tok = if done[r] { pad } else { next[r] as u32 };
+                if !done[r] {
+                    out[r].push(tok);
+                    done[r] = tok == eos;
+                }
+                current[r] = tok;
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Every frozen weight with its checkpoint-style name (for tests and parameter counts).
+    pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
+        let mut out: Vec<(String, WeightRef<'_>)> = vec![("shared".into(), WeightRef::D2(&self.shared))];
+        fn push_ff<'a>(out: &mut Vec<(String, WeightRef<'a>)>, p: String, f: &'a FeedForward) {
+            out.push((format!("{p}.wi"), WeightRef::D2(&f.wi.weight)));
+            if let Some(g) = &f.wi_gate {
+                out.push((format!("{p}.wi_1"), WeightRef::D2(&g.weight)));
+            }
+            out.push((format!("{p}.wo"), WeightRef::D2(&f.wo.weight)));
+        }
+        for (i, blk) in self.encoder.iter().enumerate() {
+            attn_weights(&mut out, format!("encoder.{i}.attn"), &blk.attn);
+            push_ff(&mut out, format!("encoder.{i}.ff"), &blk.ff);
+            out.push((format!("encoder.{i}.attn_norm"), WeightRef::D1(&blk.attn_norm.weight)));
+            out.push((format!("encoder.{i}.ff_norm"), WeightRef::D1(&blk.ff_norm.weight)));
+        }
+        for (i, blk) in self.decoder.iter().enumerate() {
+            attn_weights(&mut out, format!("decoder.{i}.self_attn"), &blk.self_attn);
+            attn_weights(&mut out, format!("decoder.{i}.cross_attn"), &blk.cross_attn);
+            push_ff(&mut out, format!("decoder.{i}.ff"), &blk.ff);
+            for (n, norm) in [("self_norm", &blk.self_norm), ("cross_norm", &blk.cross_norm), ("ff_norm", &blk.ff_norm)] {
+                out.push((format!("decoder.{i}.{n}"), WeightRef::D1(&norm.weight)));
+            }
+        }
+        out.push(("encoder.final_norm".into(), WeightRef::D1(&self.encoder_norm.weight)));
+        out.push(("decoder.final_norm".into(), WeightRef::D1(&self.decoder_norm.weight)));
+        if !self.tied_head {
+            out.push(("lm_head".into(), WeightRef::D2(&self.lm_head)));
+        }
+        out
+    }
+
+    /// Number of frozen parameters (the tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        self.weights().iter().map(|(_, w)| w.numel()).sum()
+    }
+}
+
+fn attn_weights<'a>(out: &mut Vec<(String, WeightRef<'a>)>, p: String, a: &'a Attention) {
+    for (n, l) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
+        out.push((format!("{p}.{n}"), WeightRef::D2(&l.weight)));
+    }
+    if let Some(b) = &a.relative_bias {
+        out.push((format!("{p}.relative_attention_bias"), WeightRef::D2(b)));
+    }
+}
+
+/// A borrowed weight of either rank.
+pub enum WeightRef<'a> {
+    D1(&'a Tensor<1>),
+    D2(&'a Tensor<2>),
+}
+
+impl WeightRef<'_> {
+    pub fn numel(&self) -> usize {
+        match self {
+            WeightRef::D1(t) => t.dims()[0],
+            WeightRef::D2(t) => t.dims().iter().product(),
+        }
+    }
+}
+
+/// Per-row sums of token cross-entropy and the number of counted tokens.
+///
+/// `labels` is `[b, t]`; `label_mask` is 1 where a target token counts and 0
+/// at padding. Computed in f32 from the (f32) logits.
+pub fn token_loss_sums(logits: Tensor<3>, labels: Tensor<2, Int>, label_mask: Tensor<2>) -> Tensor<1> {
+    let [b, t, _] = logits.dims();
+    let logp = log_softmax(logits, 2);
+    let picked = logp.gather(2, labels.reshape([b, t, 1])).reshape([b, t]);
+    (picked * label_mask).sum_dim(1).reshape([b]).neg()
+}

@@ -1,0 +1,66 @@
+//! `tokenizer.json` through the `tokenizers` crate, with T5's truncation rule.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A Hugging Face fast tokenizer plus the ids T5 needs.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    pub eos_id: u32,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, eos_id: u32) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::NotFound {
+                path: path.into(),
+                hint: "the model folder needs a tokenizer.json (save it with AutoTokenizer.save_pretrained)".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::data(path, format!("cannot read tokenizer: {e}")))?;
+        Ok(TextTokenizer {
+            inner,
+            path: path.into(),
+            eos_id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text` with the post-processor's `</s>`; when longer than
+    /// `max_len`, the text is cut and `</s>` kept last (what transformers'
+    /// `truncation=True, max_length=max_len` does).
+    pub fn encode(&self, text: &str, max_len: Option<usize>) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::data(&self.path, format!("cannot tokenize input: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        if let Some(m) = max_len
+            && ids.len() > m
+        {
+            let ends_with_eos = ids.last() == Some(&self.eos_id);
+            ids.truncate(m);
+            if ends_with_eos && m > 0 {
+                ids[m - 1] = self.eos_id;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::data(&self.path, format!("cannot decode ids: {e}")))
+    }
+}

@@ -1,0 +1,4 @@
+//! Training: optimiser groups, schedules, the loop and checkpoints.
+
+pub mod optim;
+pub mod schedule;

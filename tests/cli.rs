@@ -1,0 +1,185 @@
+//! The `ept` binary: outputs and one-line errors with a non-zero exit.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{copy_dir, fixtures, model_dir, temp_dir};
+
+fn ept(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ept")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command that must fail and returns its one error line.
+fn error_of(args: &[&str]) -> String {
+    let (code, _, err) = ept(args);
+    assert_eq!(code, 2, "exit code for {args:?}: stderr {err}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected for {args:?}: {err}");
+    assert!(lines[0].starts_with("ept: "), "{err}");
+    lines[0].to_string()
+}
+
+fn data() -> String {
+    fixtures().join("data.jsonl").display().to_string()
+}
+
+#[test]
+fn eval_json_reports_loss_and_tokens() {
+    let m = model_dir("relu-tied");
+    let (code, out, err) = ept(&["eval", "--model", m.to_str().unwrap(), "--data", &data(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("reference.json")).unwrap()).unwrap();
+    let (got, want) = (v["loss"].as_f64().unwrap(), reference["mean_loss"].as_f64().unwrap());
+    assert!(common::close(got, want, 1e-4, 1e-6), "{got} vs {want}");
+    assert!(v["tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn generate_and_inspect_run() {
+    let m = model_dir("gated-untied");
+    let (code, out, err) = ept(&["generate", "--model", m.to_str().unwrap(), "--text", "the cat", "--max-new-tokens", "5"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1);
+    let (code, out, err) = ept(&["inspect", "--model", m.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["tied_head"], false);
+    assert_eq!(v["gated"], true);
+    assert_eq!(v["encoder_layers"], 3);
+    assert_eq!(v["decoder_layers"], 2);
+    assert!(v["parameters"].as_u64().unwrap() > 1000);
+}
+
+#[test]
+fn hub_cache_ids_resolve_offline() {
+    let cache = temp_dir("hubcache");
+    let snap = cache.join("models--google-t5--t5-tiny-test/snapshots/0123abcd");
+    copy_dir(&model_dir("relu-tied"), &snap);
+    std::fs::create_dir_all(cache.join("models--google-t5--t5-tiny-test/refs")).unwrap();
+    std::fs::write(cache.join("models--google-t5--t5-tiny-test/refs/main"), "0123abcd").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ept"))
+            .args(args)
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["eval", "--model", "t5-tiny-test", "--data", &data(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["eval", "--model", "google-t5/t5-tiny-test", "--revision", "0123abcd", "--data", &data()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["eval", "--model", "nobody/nothing", "--data", &data()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never downloads"));
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+/// A copy of a fixture model whose files a test may break.
+fn broken_copy(tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    copy_dir(&model_dir("relu-tied"), &dir);
+    dir
+}
+
+fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let d = data();
+    // Missing model folder and missing data file.
+    let e = error_of(&["eval", "--model", "/nonexistent/model", "--data", &d]);
+    assert!(e.contains("/nonexistent/model"), "{e}");
+    let m = model_dir("relu-tied");
+    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", "/nonexistent/data.jsonl"]);
+    assert!(e.contains("/nonexistent/data.jsonl") && e.contains("not found"), "{e}");
+
+    // Malformed JSON line: file:line.
+    let tmp = temp_dir("badjson");
+    let bad = tmp.join("bad.jsonl");
+    std::fs::write(&bad, "{\"source\": \"a\", \"target\": \"b\"}\n{\"source\": oops}\n").unwrap();
+    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.jsonl:2"), "{e}");
+    let missing = tmp.join("missing.jsonl");
+    std::fs::write(&missing, "{\"source\": \"a\"}\n").unwrap();
+    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", missing.to_str().unwrap()]);
+    assert!(e.contains("target"), "{e}");
+
+    // Unknown architecture.
+    let dir = broken_copy("arch");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"t5\"", "\"llama\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("llama"), "{e}");
+
+    // Missing tensor.
+    let dir = broken_copy("missing");
+    rewrite_safetensors(&dir, |t| t.retain(|(n, ..)| n != "encoder.block.1.layer.0.SelfAttention.k.weight"));
+    let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("encoder.block.1.layer.0.SelfAttention.k.weight") && e.contains("missing"), "{e}");
+
+    // Wrong shape: both shapes named.
+    let dir = broken_copy("shape");
+    rewrite_safetensors(&dir, |t| {
+        let e = t.iter_mut().find(|(n, ..)| n == "encoder.final_layer_norm.weight").unwrap();
+        e.2 = vec![e.2[0] / 2];
+        e.3.truncate(e.3.len() / 2);
+    });
+    let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("encoder.final_layer_norm.weight") && e.contains("expected"), "{e}");
+
+    // Unsupported dtype.
+    let dir = broken_copy("dtype");
+    rewrite_safetensors(&dir, |t| {
+        let e = t.iter_mut().find(|(n, ..)| n == "encoder.final_layer_norm.weight").unwrap();
+        e.1 = safetensors::Dtype::I32;
+    });
+    let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("I32") && e.contains("encoder.final_layer_norm.weight"), "{e}");
+
+    // A checkpoint folder without weights.
+    let dir = broken_copy("noweights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    // Bad dtype flag.
+    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", &d, "--dtype", "f16"]);
+    assert!(e.contains("f16"), "{e}");
+}
+
+#[test]
+fn budget_solves_the_paper_split() {
+    let (code, out, err) = ept(&["budget", "--l", "100", "--s", "60", "--m", "256", "--d", "768", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["r"], 30);
+    assert_eq!(v["core"], 76_800);
+    let e = error_of(&["budget", "--l", "10", "--s", "20"]);
+    assert!(e.contains("s = 20"), "{e}");
+    let e = error_of(&["budget", "--l", "10", "--r", "-1"]);
+    assert!(e.contains("r = -1"), "{e}");
+}
