@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::data::TextPair;
+use crate::data::Example;
 use crate::error::Result;
 use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
 use crate::model::t5::token_loss_sums;
@@ -22,7 +22,7 @@ pub struct LossReport {
 /// Tokenizes pairs; sources longer than `max_source_len` are truncated (keeping `</s>`).
 pub fn tokenize_pairs(
     tok: &TextTokenizer,
-    pairs: &[TextPair],
+    pairs: &[Example],
     max_source_len: Option<usize>,
 ) -> Result<Vec<TokenizedExample>> {
     pairs
@@ -51,7 +51,10 @@ pub fn batch_loss_sums(model: &T5, prompt: &dyn PromptInput, batch: &Seq2SeqBatc
 pub fn length_sorted_batches(examples: &[TokenizedExample], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].input_ids.len(), examples[i].label_ids.len()));
-    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// Loss sum of every example, in input order.
@@ -85,7 +88,11 @@ pub fn corpus_loss(
     let tokens: usize = examples.iter().map(|e| e.label_ids.len()).sum();
     let loss_sum: f64 = sums.iter().sum();
     LossReport {
-        loss: if tokens == 0 { f64::NAN } else { loss_sum / tokens as f64 },
+        loss: if tokens == 0 {
+            f64::NAN
+        } else {
+            loss_sum / tokens as f64
+        },
         tokens,
         examples: examples.len(),
         loss_sum,

@@ -17,11 +17,12 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod io;
+pub mod metrics;
 pub mod model;
 pub mod prompt;
 pub mod rng;
-pub mod tensors;
 pub mod runtime;
+pub mod tensors;
 pub mod train;
 
 pub use error::{Error, Result};

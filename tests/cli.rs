@@ -8,7 +8,10 @@ use std::process::Command;
 use common::{copy_dir, fixtures, model_dir, temp_dir};
 
 fn ept(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ept")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ept"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -34,12 +37,22 @@ fn data() -> String {
 #[test]
 fn eval_json_reports_loss_and_tokens() {
     let m = model_dir("relu-tied");
-    let (code, out, err) = ept(&["eval", "--model", m.to_str().unwrap(), "--data", &data(), "--json"]);
+    let (code, out, err) = ept(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        &data(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(m.join("reference.json")).unwrap()).unwrap();
-    let (got, want) = (v["loss"].as_f64().unwrap(), reference["mean_loss"].as_f64().unwrap());
+    let (got, want) = (
+        v["loss"].as_f64().unwrap(),
+        reference["mean_loss"].as_f64().unwrap(),
+    );
     assert!(common::close(got, want, 1e-4, 1e-6), "{got} vs {want}");
     assert!(v["tokens"].as_u64().unwrap() > 0);
 }
@@ -47,7 +60,15 @@ fn eval_json_reports_loss_and_tokens() {
 #[test]
 fn generate_and_inspect_run() {
     let m = model_dir("gated-untied");
-    let (code, out, err) = ept(&["generate", "--model", m.to_str().unwrap(), "--text", "the cat", "--max-new-tokens", "5"]);
+    let (code, out, err) = ept(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--text",
+        "the cat",
+        "--max-new-tokens",
+        "5",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 1);
     let (code, out, err) = ept(&["inspect", "--model", m.to_str().unwrap(), "--json"]);
@@ -66,7 +87,11 @@ fn hub_cache_ids_resolve_offline() {
     let snap = cache.join("models--google-t5--t5-tiny-test/snapshots/0123abcd");
     copy_dir(&model_dir("relu-tied"), &snap);
     std::fs::create_dir_all(cache.join("models--google-t5--t5-tiny-test/refs")).unwrap();
-    std::fs::write(cache.join("models--google-t5--t5-tiny-test/refs/main"), "0123abcd").unwrap();
+    std::fs::write(
+        cache.join("models--google-t5--t5-tiny-test/refs/main"),
+        "0123abcd",
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_ept"))
             .args(args)
@@ -74,10 +99,33 @@ fn hub_cache_ids_resolve_offline() {
             .output()
             .unwrap()
     };
-    let out = run(&["eval", "--model", "t5-tiny-test", "--data", &data(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&["eval", "--model", "google-t5/t5-tiny-test", "--revision", "0123abcd", "--data", &data()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "eval",
+        "--model",
+        "t5-tiny-test",
+        "--data",
+        &data(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "eval",
+        "--model",
+        "google-t5/t5-tiny-test",
+        "--revision",
+        "0123abcd",
+        "--data",
+        &data(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["eval", "--model", "nobody/nothing", "--data", &data()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never downloads"));
@@ -91,7 +139,10 @@ fn broken_copy(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_safetensors(
+    dir: &Path,
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
@@ -102,9 +153,18 @@ fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetenso
     edit(&mut tensors);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -114,51 +174,98 @@ fn bad_inputs_give_one_line_errors() {
     let e = error_of(&["eval", "--model", "/nonexistent/model", "--data", &d]);
     assert!(e.contains("/nonexistent/model"), "{e}");
     let m = model_dir("relu-tied");
-    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", "/nonexistent/data.jsonl"]);
-    assert!(e.contains("/nonexistent/data.jsonl") && e.contains("not found"), "{e}");
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "/nonexistent/data.jsonl",
+    ]);
+    assert!(
+        e.contains("/nonexistent/data.jsonl") && e.contains("not found"),
+        "{e}"
+    );
 
     // Malformed JSON line: file:line.
     let tmp = temp_dir("badjson");
     let bad = tmp.join("bad.jsonl");
-    std::fs::write(&bad, "{\"source\": \"a\", \"target\": \"b\"}\n{\"source\": oops}\n").unwrap();
-    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", bad.to_str().unwrap()]);
+    std::fs::write(
+        &bad,
+        "{\"source\": \"a\", \"target\": \"b\"}\n{\"source\": oops}\n",
+    )
+    .unwrap();
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+    ]);
     assert!(e.contains("bad.jsonl:2"), "{e}");
     let missing = tmp.join("missing.jsonl");
     std::fs::write(&missing, "{\"source\": \"a\"}\n").unwrap();
-    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", missing.to_str().unwrap()]);
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        missing.to_str().unwrap(),
+    ]);
     assert!(e.contains("target"), "{e}");
 
     // Unknown architecture.
     let dir = broken_copy("arch");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"t5\"", "\"llama\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"t5\"", "\"llama\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
-    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("llama"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("model_type") && e.contains("llama"),
+        "{e}"
+    );
 
     // Missing tensor.
     let dir = broken_copy("missing");
-    rewrite_safetensors(&dir, |t| t.retain(|(n, ..)| n != "encoder.block.1.layer.0.SelfAttention.k.weight"));
+    rewrite_safetensors(&dir, |t| {
+        t.retain(|(n, ..)| n != "encoder.block.1.layer.0.SelfAttention.k.weight")
+    });
     let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
-    assert!(e.contains("encoder.block.1.layer.0.SelfAttention.k.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("encoder.block.1.layer.0.SelfAttention.k.weight") && e.contains("missing"),
+        "{e}"
+    );
 
     // Wrong shape: both shapes named.
     let dir = broken_copy("shape");
     rewrite_safetensors(&dir, |t| {
-        let e = t.iter_mut().find(|(n, ..)| n == "encoder.final_layer_norm.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(n, ..)| n == "encoder.final_layer_norm.weight")
+            .unwrap();
         e.2 = vec![e.2[0] / 2];
         e.3.truncate(e.3.len() / 2);
     });
     let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
-    assert!(e.contains("encoder.final_layer_norm.weight") && e.contains("expected"), "{e}");
+    assert!(
+        e.contains("encoder.final_layer_norm.weight") && e.contains("expected"),
+        "{e}"
+    );
 
     // Unsupported dtype.
     let dir = broken_copy("dtype");
     rewrite_safetensors(&dir, |t| {
-        let e = t.iter_mut().find(|(n, ..)| n == "encoder.final_layer_norm.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(n, ..)| n == "encoder.final_layer_norm.weight")
+            .unwrap();
         e.1 = safetensors::Dtype::I32;
     });
     let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
-    assert!(e.contains("I32") && e.contains("encoder.final_layer_norm.weight"), "{e}");
+    assert!(
+        e.contains("I32") && e.contains("encoder.final_layer_norm.weight"),
+        "{e}"
+    );
 
     // A checkpoint folder without weights.
     let dir = broken_copy("noweights");
@@ -167,13 +274,23 @@ fn bad_inputs_give_one_line_errors() {
     assert!(e.contains("model.safetensors"), "{e}");
 
     // Bad dtype flag.
-    let e = error_of(&["eval", "--model", m.to_str().unwrap(), "--data", &d, "--dtype", "f16"]);
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        &d,
+        "--dtype",
+        "f16",
+    ]);
     assert!(e.contains("f16"), "{e}");
 }
 
 #[test]
 fn budget_solves_the_paper_split() {
-    let (code, out, err) = ept(&["budget", "--l", "100", "--s", "60", "--m", "256", "--d", "768", "--json"]);
+    let (code, out, err) = ept(&[
+        "budget", "--l", "100", "--s", "60", "--m", "256", "--d", "768", "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["r"], 30);

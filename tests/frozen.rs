@@ -37,7 +37,10 @@ fn backward_reaches_the_prompt_and_no_weight() {
     let batch = Seq2SeqBatch::new(&examples, cfg.pad_id(), cfg.decoder_start_id(), &device);
     let loss = batch_loss_sums(&b.model, &prompt, &batch).sum() / batch.n_tokens as f64;
     let grads = loss.backward();
-    let g = prompt.prompt.grad(&grads).expect("the prompt has a gradient");
+    let g = prompt
+        .prompt
+        .grad(&grads)
+        .expect("the prompt has a gradient");
     let norm: f32 = g.abs().sum().into_scalar();
     assert!(norm > 0.0, "prompt gradient is zero");
     let weights = b.model.weights();

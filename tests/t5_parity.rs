@@ -46,7 +46,12 @@ fn reference(name: &str) -> Reference {
 }
 
 fn load(name: &str, dtype: FloatType) -> Backbone {
-    Backbone::load(&model_dir(name), Some(dtype), &ept::runtime::cpu_device(false)).unwrap()
+    Backbone::load(
+        &model_dir(name),
+        Some(dtype),
+        &ept::runtime::cpu_device(false),
+    )
+    .unwrap()
 }
 
 fn check_model(name: &str) {
@@ -56,10 +61,21 @@ fn check_model(name: &str) {
     for e in &r.examples {
         let input_ids = b.tokenizer.encode(&e.source, None).unwrap();
         let label_ids = b.tokenizer.encode(&e.target, None).unwrap();
-        assert_eq!(input_ids, e.input_ids, "{name}: tokenization of {:?}", e.source);
-        assert_eq!(label_ids, e.label_ids, "{name}: tokenization of {:?}", e.target);
+        assert_eq!(
+            input_ids, e.input_ids,
+            "{name}: tokenization of {:?}",
+            e.source
+        );
+        assert_eq!(
+            label_ids, e.label_ids,
+            "{name}: tokenization of {:?}",
+            e.target
+        );
         assert_eq!(label_ids.len(), e.n_tokens);
-        examples.push(TokenizedExample { input_ids, label_ids });
+        examples.push(TokenizedExample {
+            input_ids,
+            label_ids,
+        });
     }
     // One by one, then all in one padded batch.
     let single = example_loss_sums(&b.model, &NoPrompt, &examples, 1);
@@ -79,17 +95,29 @@ fn check_model(name: &str) {
         );
     }
     let report = corpus_loss(&b.model, &NoPrompt, &examples, 4);
-    assert!(close(report.loss, r.mean_loss, 1e-4, 1e-6), "{name}: mean loss {} vs {}", report.loss, r.mean_loss);
+    assert!(
+        close(report.loss, r.mean_loss, 1e-4, 1e-6),
+        "{name}: mean loss {} vs {}",
+        report.loss,
+        r.mean_loss
+    );
     assert!(close(report.loss, r.batch_mean_loss, 1e-4, 1e-6));
 
     // Full teacher-forced logits where recorded.
     let cfg = &b.model.config;
     for (i, e) in r.examples.iter().enumerate() {
         let Some(want) = &e.logits else { continue };
-        let batch = Seq2SeqBatch::new(&examples[i..=i], cfg.pad_id(), cfg.decoder_start_id(), b.model.device());
+        let batch = Seq2SeqBatch::new(
+            &examples[i..=i],
+            cfg.pad_id(),
+            cfg.decoder_start_id(),
+            b.model.device(),
+        );
         let emb = b.model.embed(batch.input_ids.clone());
         let enc = b.model.encode_embeds(emb, &batch.attention_mask);
-        let logits = b.model.decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
+        let logits = b
+            .model
+            .decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
         let got = ept::tensors::to_f32_vec(logits);
         let v = want[0].len();
         assert_eq!(got.len(), want.len() * v, "{name}: logits shape");
@@ -108,8 +136,15 @@ fn check_model(name: &str) {
     let alone = generate_ids(&b.model, &NoPrompt, &inputs, 1, 12);
     let together = generate_ids(&b.model, &NoPrompt, &inputs, inputs.len(), 12);
     for (i, e) in r.examples.iter().enumerate() {
-        assert_eq!(alone[i], e.generated_ids, "{name} example {i}: generation ({:?})", e.target);
-        assert_eq!(together[i], e.generated_ids, "{name} example {i}: batched generation");
+        assert_eq!(
+            alone[i], e.generated_ids,
+            "{name} example {i}: generation ({:?})",
+            e.target
+        );
+        assert_eq!(
+            together[i], e.generated_ids,
+            "{name} example {i}: batched generation"
+        );
     }
 }
 
@@ -139,6 +174,11 @@ fn explicit_scale_flag_wins_over_tie() {
 }
 
 #[test]
+fn transformers5_resaved_untied_head_is_used() {
+    check_model("v5-untied-resave");
+}
+
+#[test]
 fn bf16_compute_is_close_to_torch_bf16() {
     let r = reference("relu-bf16");
     let want = r.bf16.expect("bf16 reference").mean_loss;
@@ -152,8 +192,15 @@ fn bf16_compute_is_close_to_torch_bf16() {
         })
         .collect();
     let got = corpus_loss(&b.model, &NoPrompt, &examples, 6).loss;
-    assert!(close(got, want, 2e-2, 1e-3), "bf16 loss {got} vs torch bf16 {want}");
-    assert!(close(got, r.mean_loss, 2e-2, 1e-3), "bf16 loss {got} vs f32 {}", r.mean_loss);
+    assert!(
+        close(got, want, 2e-2, 1e-3),
+        "bf16 loss {got} vs torch bf16 {want}"
+    );
+    assert!(
+        close(got, r.mean_loss, 2e-2, 1e-3),
+        "bf16 loss {got} vs f32 {}",
+        r.mean_loss
+    );
 }
 
 #[test]

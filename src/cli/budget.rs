@@ -51,11 +51,18 @@ pub fn run(args: BudgetArgs) -> Result<()> {
         });
         println!("{v}");
     } else {
-        println!("l = {}, s = {}, r = {} (m = {}, d = {})", b.l, b.s, b.r, b.m, b.d);
+        println!(
+            "l = {}, s = {}, r = {} (m = {}, d = {})",
+            b.l, b.s, b.r, b.m, b.d
+        );
         println!("P_s     {:>10}  (s·d)", b.prompt_params());
         println!("A       {:>10}  (m·r)", b.a_params());
         println!("B       {:>10}  (r·d)", b.b_params());
-        println!("core    {:>10}  (budget l·d = {})", b.core_params(), b.target_params());
+        println!(
+            "core    {:>10}  (budget l·d = {})",
+            b.core_params(),
+            b.target_params()
+        );
         println!(
             "discarded after training: experts {} ({} × (d·m + m + m·d + d)), gate {}",
             experts, args.num_experts, gate

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ept::Result;
-use ept::data::jsonl::read_pairs;
+use ept::data::load_user_file;
 use ept::evaluate::{corpus_loss, tokenize_pairs};
 use ept::prompt::{NoPrompt, PromptInput, checkpoint};
 
@@ -31,7 +31,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let pairs = read_pairs(&args.data)?;
+    let pairs = load_user_file(&args.data)?;
     let backbone = args.model.load(false)?;
     let loaded = match &args.prompt {
         Some(path) => {
@@ -52,7 +52,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let examples = tokenize_pairs(&backbone.tokenizer, &pairs, max_len)?;
     let report = corpus_loss(&backbone.model, prompt, &examples, args.batch_size);
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serialises")
+        );
     } else {
         println!(
             "loss {:.6} over {} target tokens in {} examples ({})",

@@ -12,7 +12,11 @@ use ept::io::weights::FloatType;
 use ept::model::Backbone;
 
 #[derive(Parser)]
-#[command(name = "ept", version, about = "Efficient prompt tuning (EPT, DePT, PT) for frozen Hugging Face models")]
+#[command(
+    name = "ept",
+    version,
+    about = "Efficient prompt tuning (EPT, DePT, PT) for frozen Hugging Face models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

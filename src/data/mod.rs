@@ -1,10 +1,85 @@
-//! Data: file readers, task formatting, splits and batching.
+//! Task data: reading the published data sets, DePT's text-to-text formatting, its splits, and
+//! few-shot sampling.
+pub mod fewshot;
+pub mod format;
+pub mod randperm;
+pub mod readers;
+pub mod splits;
+pub mod tasks;
 
-pub mod jsonl;
+pub use format::{Example, Purpose, Row, RowSource, format_row};
+pub use splits::Split;
+pub use tasks::Task;
 
-/// One text-to-text example.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TextPair {
-    pub source: String,
-    pub target: String,
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One split of a task, ready for training or evaluation.
+#[derive(Clone, Debug)]
+pub struct LoadedSplit {
+    pub task: Task,
+    pub split: Split,
+    /// The published split it was drawn from (`train`, `validation`, `validation_matched`, ...).
+    pub source_split: &'static str,
+    /// The files read, shards in order.
+    pub files: Vec<PathBuf>,
+    /// Rows in the published split (before DePT's split rule).
+    pub source_rows: usize,
+    /// Formatted examples (ReCoRD with [`Purpose::Train`] has one per gold answer).
+    pub examples: Vec<Example>,
+}
+
+/// Loads `split` of `task` by DePT's rules: finds the published split's files (under `data_dir`,
+/// else in the Hugging Face caches, normally [`readers::Caches::from_env`]), reads them, applies
+/// the seeded split, formats every row.
+pub fn load_split(
+    task: Task,
+    split: Split,
+    data_dir: Option<&Path>,
+    caches: &readers::Caches,
+    purpose: Purpose,
+) -> Result<LoadedSplit> {
+    let source = splits::source_split(task, split);
+    let files = readers::locate_split(task, source, data_dir, caches)?;
+    let table = readers::read_files(&files, Some(task))?;
+    if table.is_empty() {
+        return Err(Error::data(
+            &files[0],
+            format!("the `{source}` split of {task} has no rows"),
+        ));
+    }
+    let plan = splits::plan(task, split, table.len())?;
+    let chosen: Vec<usize> = match &plan.indices {
+        Some(idx) => idx.clone(),
+        None => (0..table.len()).collect(),
+    };
+    let mut examples = Vec::with_capacity(chosen.len());
+    for i in chosen {
+        let (path, row) = table.source_of(i);
+        examples.extend(format_row(
+            task,
+            &table.rows[i],
+            purpose,
+            RowSource { path, row },
+        )?);
+    }
+    Ok(LoadedSplit {
+        task,
+        split,
+        source_split: source,
+        source_rows: table.len(),
+        files,
+        examples,
+    })
+}
+
+/// Reads a user's JSONL file of `{"source": ..., "target": ...}` rows (optional `answers`,
+/// `group`), e.g. for training on a custom task.
+pub fn load_user_file(path: &Path) -> Result<Vec<Example>> {
+    let rows = readers::jsonl::read(path, None)?;
+    rows.iter()
+        .enumerate()
+        .map(|(row, r)| format::format_user_row(r, RowSource { path, row }))
+        .collect()
 }

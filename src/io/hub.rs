@@ -5,20 +5,23 @@
 //! `~/.cache/huggingface/hub`; `models--{org}--{name}/refs/{revision}` holds a
 //! commit hash and `snapshots/{commit}/` the files.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The Hugging Face hub cache folder, from the environment.
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    home.join(".cache").join("huggingface").join("hub")
+/// The hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hub_cache_dir() -> Option<PathBuf> {
+    hub_cache_dir_with(|k| std::env::var_os(k))
+}
+
+/// [`hub_cache_dir`] with the environment supplied by the caller (testable without touching the
+/// process environment).
+pub fn hub_cache_dir_with(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set("HF_HUB_CACHE")
+        .or_else(|| set("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
 }
 
 /// The ids a user may mean: legacy canonical names moved under organisations
@@ -37,7 +40,12 @@ fn candidate_ids(id: &str) -> Vec<String> {
 }
 
 /// Resolves `repo_type` ("models" or "datasets") `id` at `revision` in `cache`.
-pub fn resolve_in_cache(cache: &Path, repo_type: &str, id: &str, revision: &str) -> Option<PathBuf> {
+pub fn resolve_in_cache(
+    cache: &Path,
+    repo_type: &str,
+    id: &str,
+    revision: &str,
+) -> Option<PathBuf> {
     for cand in candidate_ids(id) {
         let repo = cache.join(format!("{repo_type}--{}", cand.replace('/', "--")));
         if !repo.is_dir() {
@@ -71,7 +79,7 @@ pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
             "{spec}: --model expects a folder holding config.json, not a file"
         )));
     }
-    let cache = hub_cache_dir();
+    let cache = hub_cache_dir().unwrap_or_default();
     let revision = revision.unwrap_or("main");
     resolve_in_cache(&cache, "models", spec, revision).ok_or_else(|| {
         Error::invalid(format!(

@@ -73,7 +73,7 @@ impl WeightFile {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         if single.is_file() {
-            Self::open_files(&[single.clone()], single)
+            Self::open_files(std::slice::from_ref(&single), single.clone())
         } else if index.is_file() {
             Self::open_index(&index)
         } else {
@@ -97,9 +97,18 @@ impl WeightFile {
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::field(index_path, "weight_map", "expected an object of tensor name -> shard file"))?;
+            .ok_or_else(|| {
+                Error::field(
+                    index_path,
+                    "weight_map",
+                    "expected an object of tensor name -> shard file",
+                )
+            })?;
         let dir = index_path.parent().unwrap_or(Path::new("."));
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
@@ -116,9 +125,16 @@ impl WeightFile {
             for (name, view) in st.tensors() {
                 index.insert(name, (i, view.shape().to_vec(), view.dtype()));
             }
-            shards.push(Shard { path: path.clone(), mmap });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+            });
         }
-        Ok(WeightFile { shards, index, origin })
+        Ok(WeightFile {
+            shards,
+            index,
+            origin,
+        })
     }
 
     /// Where the weights came from (for messages and `ept inspect`).
@@ -145,7 +161,11 @@ impl WeightFile {
         for (_, _, dt) in self.index.values() {
             *counts.entry(dtype_name(*dt)).or_default() += 1;
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or_default()
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
+            .unwrap_or_default()
     }
 
     /// The first of `names` that the checkpoint holds.
@@ -155,10 +175,11 @@ impl WeightFile {
 
     /// Reads tensor `name`, checks it has `shape`, converts to f32.
     pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (shard_idx, found, dtype) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.origin.clone(),
-            name: name.into(),
-        })?;
+        let (shard_idx, found, dtype) =
+            self.index.get(name).ok_or_else(|| Error::MissingTensor {
+                path: self.origin.clone(),
+                name: name.into(),
+            })?;
         let shard = &self.shards[*shard_idx];
         if found != shape {
             return Err(Error::TensorShape {
@@ -170,10 +191,15 @@ impl WeightFile {
         }
         let st = SafeTensors::deserialize(&shard.mmap)
             .map_err(|e| Error::data(&shard.path, format!("not a valid safetensors file: {e}")))?;
-        let view = st.tensor(name).map_err(|e| Error::data(&shard.path, e.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::data(&shard.path, e.to_string()))?;
         let bytes = view.data();
         let out = match dtype {
-            StDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            StDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             StDtype::BF16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())

@@ -28,8 +28,14 @@ pub struct Seq2SeqBatch {
     pub input_len: usize,
 }
 
-fn pad_ids(rows: &[&[u32]], pad: u32) -> (Vec<i64>, Vec<f32>, usize) {
-    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+fn pad_ids(rows: &[&[u32]], pad: u32, min_len: usize) -> (Vec<i64>, Vec<f32>, usize) {
+    let len = rows
+        .iter()
+        .map(|r| r.len())
+        .max()
+        .unwrap_or(0)
+        .max(min_len)
+        .max(1);
     let mut ids = Vec::with_capacity(rows.len() * len);
     let mut mask = Vec::with_capacity(rows.len() * len);
     for r in rows {
@@ -42,12 +48,29 @@ fn pad_ids(rows: &[&[u32]], pad: u32) -> (Vec<i64>, Vec<f32>, usize) {
 }
 
 impl Seq2SeqBatch {
-    pub fn new(examples: &[TokenizedExample], pad: u32, decoder_start: u32, device: &Device) -> Self {
+    /// Pads inputs to the batch's longest member.
+    pub fn new(
+        examples: &[TokenizedExample],
+        pad: u32,
+        decoder_start: u32,
+        device: &Device,
+    ) -> Self {
+        Self::padded_to(examples, pad, decoder_start, 0, device)
+    }
+
+    /// Pads inputs to at least `min_input_len` (the paper's fixed-length runs pad to m).
+    pub fn padded_to(
+        examples: &[TokenizedExample],
+        pad: u32,
+        decoder_start: u32,
+        min_input_len: usize,
+        device: &Device,
+    ) -> Self {
         let b = examples.len();
         let inputs: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
-        let (in_ids, in_mask, t_in) = pad_ids(&inputs, pad);
+        let (in_ids, in_mask, t_in) = pad_ids(&inputs, pad, min_input_len);
         let labels: Vec<&[u32]> = examples.iter().map(|e| e.label_ids.as_slice()).collect();
-        let (lab_ids, lab_mask, t_out) = pad_ids(&labels, pad);
+        let (lab_ids, lab_mask, t_out) = pad_ids(&labels, pad, 0);
         let shifted: Vec<Vec<u32>> = examples
             .iter()
             .map(|e| {
@@ -57,10 +80,13 @@ impl Seq2SeqBatch {
             })
             .collect();
         let shifted_refs: Vec<&[u32]> = shifted.iter().map(|v| v.as_slice()).collect();
-        let (dec_ids, _, _) = pad_ids(&shifted_refs, pad);
+        let (dec_ids, _, _) = pad_ids(&shifted_refs, pad, 0);
         let n_tokens = examples.iter().map(|e| e.label_ids.len()).sum();
-        let int = |v: Vec<i64>, t: usize| Tensor::<2, Int>::from_data(TensorData::new(v, [b, t]), device);
-        let float = |v: Vec<f32>, t: usize| Tensor::<2>::from_data(TensorData::new(v, [b, t]), (device, DType::F32));
+        let int =
+            |v: Vec<i64>, t: usize| Tensor::<2, Int>::from_data(TensorData::new(v, [b, t]), device);
+        let float = |v: Vec<f32>, t: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [b, t]), (device, DType::F32))
+        };
         Seq2SeqBatch {
             input_ids: int(in_ids, t_in),
             attention_mask: float(in_mask, t_in),

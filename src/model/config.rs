@@ -86,6 +86,11 @@ pub struct T5Config {
     pub eos_token_id: u32,
     #[serde(default)]
     pub decoder_start_token_id: Option<u32>,
+    /// Explicit activation and gating, which override what `feed_forward_proj` implies.
+    #[serde(default)]
+    pub dense_act_fn: Option<String>,
+    #[serde(default)]
+    pub is_gated_act: Option<bool>,
     /// `torch_dtype` (v4) or `dtype` (v5): the dtype the weights were saved in.
     #[serde(default, alias = "dtype")]
     pub torch_dtype: Option<String>,
@@ -133,7 +138,11 @@ impl T5Config {
                 ));
             }
             None => {
-                return Err(Error::field(path, "model_type", "missing: expected `t5` or `mt5`"));
+                return Err(Error::field(
+                    path,
+                    "model_type",
+                    "missing: expected `t5` or `mt5`",
+                ));
             }
         }
         for (field, value) in [
@@ -143,7 +152,10 @@ impl T5Config {
             ("num_heads", self.num_heads),
             ("vocab_size", self.vocab_size),
             ("num_layers", self.num_layers),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
         ] {
             if value == 0 {
                 return Err(Error::field(path, field, "must be positive"));
@@ -167,18 +179,25 @@ impl T5Config {
                 ),
             ));
         }
-        let act_name = parts[parts.len() - 1];
+        let gated = self.is_gated_act.unwrap_or(gated);
+        let act_name = self
+            .dense_act_fn
+            .as_deref()
+            .unwrap_or(parts[parts.len() - 1]);
         let act = match (act_name, gated) {
             ("relu", _) => Activation::Relu,
             // transformers maps "gated-gelu" to gelu_new for backwards compatibility.
-            ("gelu", true) | ("gelu_new", _) | ("gelu_pytorch_tanh", _) => Activation::GeluNew,
-            ("gelu", false) => Activation::Gelu,
+            ("gelu", true) if self.dense_act_fn.is_none() => Activation::GeluNew,
+            ("gelu_new", _) | ("gelu_pytorch_tanh", _) => Activation::GeluNew,
+            ("gelu", _) => Activation::Gelu,
             ("silu", _) | ("swish", _) => Activation::Silu,
             (other, _) => {
                 return Err(Error::field(
                     path,
                     "feed_forward_proj",
-                    format!("unsupported activation `{other}`: expected relu, gelu, gelu_new or silu"),
+                    format!(
+                        "unsupported activation `{other}`: expected relu, gelu, gelu_new or silu"
+                    ),
                 ));
             }
         };
@@ -196,7 +215,8 @@ impl T5Config {
 
     /// Whether the decoder output is multiplied by `d_model^-0.5` before the LM head.
     pub fn rescale_decoder_output(&self) -> bool {
-        self.scale_decoder_outputs.unwrap_or(self.tie_word_embeddings)
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
     }
 
     pub fn pad_id(&self) -> u32 {

@@ -35,7 +35,9 @@ impl Linear {
     fn load(w: &WeightFile, name: &str, d_in: usize, d_out: usize, ctx: &Ctx) -> Result<Self> {
         // PyTorch stores nn.Linear weights as [out, in].
         let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
-        Ok(Linear { weight: t.transpose() })
+        Ok(Linear {
+            weight: t.transpose(),
+        })
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
@@ -88,7 +90,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn load(w: &WeightFile, prefix: &str, with_bias: bool, cfg: &T5Config, ctx: &Ctx) -> Result<Self> {
+    fn load(
+        w: &WeightFile,
+        prefix: &str,
+        with_bias: bool,
+        cfg: &T5Config,
+        ctx: &Ctx,
+    ) -> Result<Self> {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
         let relative_bias = if with_bias {
             Some(w.tensor(
@@ -122,7 +130,10 @@ impl Attention {
         let dtype = q.dtype();
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) + bias.clone();
         let weights = softmax(scores, 3).cast(dtype);
-        let ctx = weights.matmul(v).swap_dims(1, 2).reshape([b, t, self.n_heads * self.d_kv]);
+        let ctx = weights
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, self.n_heads * self.d_kv]);
         self.o.forward(ctx)
     }
 
@@ -137,15 +148,26 @@ impl Attention {
     }
 
     /// One decoding step of self-attention, appending this step's key and value to `cache`.
-    fn forward_step(&self, x: Tensor<3>, cache: &mut Option<KvCache>, bias: &Tensor<4>) -> Tensor<3> {
+    fn forward_step(
+        &self,
+        x: Tensor<3>,
+        cache: &mut Option<KvCache>,
+        bias: &Tensor<4>,
+    ) -> Tensor<3> {
         let q = self.split_heads(self.q.forward(x.clone()));
         let k_new = self.split_heads(self.k.forward(x.clone()));
         let v_new = self.split_heads(self.v.forward(x));
         let (k, v) = match cache.take() {
-            Some(c) => (Tensor::cat(vec![c.k, k_new], 2), Tensor::cat(vec![c.v, v_new], 2)),
+            Some(c) => (
+                Tensor::cat(vec![c.k, k_new], 2),
+                Tensor::cat(vec![c.v, v_new], 2),
+            ),
             None => (k_new, v_new),
         };
-        *cache = Some(KvCache { k: k.clone(), v: v.clone() });
+        *cache = Some(KvCache {
+            k: k.clone(),
+            v: v.clone(),
+        });
         self.attend(q, k, v, bias)
     }
 
@@ -167,7 +189,10 @@ impl Attention {
         bidirectional: bool,
         cfg: &T5Config,
     ) -> Tensor<4> {
-        let table = self.relative_bias.as_ref().expect("position bias asked of a block without one");
+        let table = self
+            .relative_bias
+            .as_ref()
+            .expect("position bias asked of a block without one");
         let mut buckets = Vec::with_capacity(q_len * k_len);
         for i in 0..q_len {
             for j in 0..k_len {
@@ -193,7 +218,12 @@ impl Attention {
 }
 
 /// transformers' `_relative_position_bucket`, including its f32 logarithm.
-pub fn relative_position_bucket(rel: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> i64 {
+pub fn relative_position_bucket(
+    rel: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> i64 {
     let mut num_buckets = num_buckets as i64;
     let mut bucket = 0i64;
     let rel = if bidirectional {
@@ -226,15 +256,30 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(w: &WeightFile, prefix: &str, kind: FeedForwardKind, cfg: &T5Config, ctx: &Ctx) -> Result<Self> {
+    fn load(
+        w: &WeightFile,
+        prefix: &str,
+        kind: FeedForwardKind,
+        cfg: &T5Config,
+        ctx: &Ctx,
+    ) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let (wi, wi_gate) = if kind.gated {
             (
                 Linear::load(w, &format!("{prefix}.wi_0.weight"), d, f, ctx)?,
-                Some(Linear::load(w, &format!("{prefix}.wi_1.weight"), d, f, ctx)?),
+                Some(Linear::load(
+                    w,
+                    &format!("{prefix}.wi_1.weight"),
+                    d,
+                    f,
+                    ctx,
+                )?),
             )
         } else {
-            (Linear::load(w, &format!("{prefix}.wi.weight"), d, f, ctx)?, None)
+            (
+                Linear::load(w, &format!("{prefix}.wi.weight"), d, f, ctx)?,
+                None,
+            )
         };
         Ok(FeedForward {
             wi,
@@ -306,7 +351,11 @@ pub struct T5 {
 }
 
 /// Names under which checkpoints store the shared embedding.
-const EMBEDDING_NAMES: [&str; 3] = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
+const EMBEDDING_NAMES: [&str; 3] = [
+    "shared.weight",
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+];
 
 impl T5 {
     /// Loads a checkpoint folder (`config.json` + safetensors) on `device` in `dtype`.
@@ -330,10 +379,12 @@ impl T5 {
         let cfg = &config;
         let kind = cfg.feed_forward(config_path)?;
         let (d, v) = (cfg.d_model, cfg.vocab_size);
-        let emb_name = w.first_present(&EMBEDDING_NAMES).ok_or_else(|| Error::MissingTensor {
-            path: w.origin().to_path_buf(),
-            name: "shared.weight".into(),
-        })?;
+        let emb_name = w
+            .first_present(&EMBEDDING_NAMES)
+            .ok_or_else(|| Error::MissingTensor {
+                path: w.origin().to_path_buf(),
+                name: "shared.weight".into(),
+            })?;
         let shared = w.tensor(emb_name, [v, d], dtype, device)?;
         let eps = cfg.layer_norm_epsilon;
         let mut encoder = Vec::with_capacity(cfg.num_layers);
@@ -353,7 +404,13 @@ impl T5 {
                 self_norm: RmsNorm::load(w, &format!("{p}.0.layer_norm.weight"), d, eps, &ctx)?,
                 self_attn: Attention::load(w, &format!("{p}.0.SelfAttention"), i == 0, cfg, &ctx)?,
                 cross_norm: RmsNorm::load(w, &format!("{p}.1.layer_norm.weight"), d, eps, &ctx)?,
-                cross_attn: Attention::load(w, &format!("{p}.1.EncDecAttention"), false, cfg, &ctx)?,
+                cross_attn: Attention::load(
+                    w,
+                    &format!("{p}.1.EncDecAttention"),
+                    false,
+                    cfg,
+                    &ctx,
+                )?,
                 ff_norm: RmsNorm::load(w, &format!("{p}.2.layer_norm.weight"), d, eps, &ctx)?,
                 ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), kind, cfg, &ctx)?,
             });
@@ -363,7 +420,11 @@ impl T5 {
         // transformers >= 5 uses the file's own head whenever there is one (a
         // re-saved untied model says `tie_word_embeddings: true` and keeps it).
         let (lm_head, tied_head) = if w.contains("lm_head.weight") {
-            (w.tensor("lm_head.weight", [v, d], dtype, device)?.transpose(), false)
+            (
+                w.tensor("lm_head.weight", [v, d], dtype, device)?
+                    .transpose(),
+                false,
+            )
         } else {
             (shared.clone().transpose(), true)
         };
@@ -404,7 +465,10 @@ impl T5 {
     /// `mask` is `[b, t]` with 1 for real positions and 0 for padding.
     pub fn encode_embeds(&self, embeds: Tensor<3>, mask: &Tensor<2>) -> Tensor<3> {
         let [_, t, _] = embeds.dims();
-        let bias = self.encoder[0].attn.position_bias(t, t, 0, true, &self.config) + Self::mask_bias(mask);
+        let bias = self.encoder[0]
+            .attn
+            .position_bias(t, t, 0, true, &self.config)
+            + Self::mask_bias(mask);
         let mut h = embeds.cast(self.dtype.dtype());
         for block in &self.encoder {
             h = h.clone() + block.attn.forward(block.attn_norm.forward(h), None, &bias);
@@ -436,15 +500,30 @@ impl T5 {
     }
 
     /// Teacher-forced decoder: logits `[b, t, vocab]` (f32) for `decoder_ids`.
-    pub fn decode(&self, decoder_ids: Tensor<2, Int>, enc: Tensor<3>, enc_mask: &Tensor<2>) -> Tensor<3> {
+    pub fn decode(
+        &self,
+        decoder_ids: Tensor<2, Int>,
+        enc: Tensor<3>,
+        enc_mask: &Tensor<2>,
+    ) -> Tensor<3> {
         let [_, t] = decoder_ids.dims();
-        let self_bias =
-            self.decoder[0].self_attn.position_bias(t, t, 0, false, &self.config) + self.causal_bias(t);
+        let self_bias = self.decoder[0]
+            .self_attn
+            .position_bias(t, t, 0, false, &self.config)
+            + self.causal_bias(t);
         let cross_bias = Self::mask_bias(enc_mask);
         let mut h = self.embed(decoder_ids);
         for block in &self.decoder {
-            h = h.clone() + block.self_attn.forward(block.self_norm.forward(h), None, &self_bias);
-            h = h.clone() + block.cross_attn.forward(block.cross_norm.forward(h), Some(enc.clone()), &cross_bias);
+            h = h.clone()
+                + block
+                    .self_attn
+                    .forward(block.self_norm.forward(h), None, &self_bias);
+            h = h.clone()
+                + block.cross_attn.forward(
+                    block.cross_norm.forward(h),
+                    Some(enc.clone()),
+                    &cross_bias,
+                );
             h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
         }
         self.head(h)
@@ -452,12 +531,21 @@ impl T5 {
 
     /// Greedy decoding with a key/value cache; stops at `</s>` or after `max_new_tokens`.
     /// Returns the generated ids of each row, `</s>` included when produced.
-    pub fn generate(&self, enc: Tensor<3>, enc_mask: &Tensor<2>, max_new_tokens: usize) -> Vec<Vec<u32>> {
+    pub fn generate(
+        &self,
+        enc: Tensor<3>,
+        enc_mask: &Tensor<2>,
+        max_new_tokens: usize,
+    ) -> Vec<Vec<u32>> {
         let [b, _, _] = enc.dims();
         let eos = self.config.eos_token_id;
         let pad = self.config.pad_id();
         let cross_bias = Self::mask_bias(enc_mask);
-        let cross: Vec<KvCache> = self.decoder.iter().map(|blk| blk.cross_attn.cross_cache(enc.clone())).collect();
+        let cross: Vec<KvCache> = self
+            .decoder
+            .iter()
+            .map(|blk| blk.cross_attn.cross_cache(enc.clone()))
+            .collect();
         let mut caches: Vec<Option<KvCache>> = vec![None; self.decoder.len()];
         let mut current = vec![self.config.decoder_start_id(); b];
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -465,10 +553,18 @@ impl T5 {
         for step in 0..max_new_tokens {
             let ids: Vec<i64> = current.iter().map(|&i| i as i64).collect();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &self.device);
-            let self_bias = self.decoder[0].self_attn.position_bias(1, step + 1, step, false, &self.config);
+            let self_bias =
+                self.decoder[0]
+                    .self_attn
+                    .position_bias(1, step + 1, step, false, &self.config);
             let mut h = self.embed(ids);
             for (i, block) in self.decoder.iter().enumerate() {
-                h = h.clone() + block.self_attn.forward_step(block.self_norm.forward(h), &mut caches[i], &self_bias);
+                h = h.clone()
+                    + block.self_attn.forward_step(
+                        block.self_norm.forward(h),
+                        &mut caches[i],
+                        &self_bias,
+                    );
                 let c = &cross[i];
                 let a = &block.cross_attn;
                 let q = a.split_heads(a.q.forward(block.cross_norm.forward(h.clone())));
@@ -494,7 +590,8 @@ impl T5 {
 
     /// Every frozen weight with its checkpoint-style name (for tests and parameter counts).
     pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
-        let mut out: Vec<(String, WeightRef<'_>)> = vec![("shared".into(), WeightRef::D2(&self.shared))];
+        let mut out: Vec<(String, WeightRef<'_>)> =
+            vec![("shared".into(), WeightRef::D2(&self.shared))];
         fn push_ff<'a>(out: &mut Vec<(String, WeightRef<'a>)>, p: String, f: &'a FeedForward) {
             out.push((format!("{p}.wi"), WeightRef::D2(&f.wi.weight)));
             if let Some(g) = &f.wi_gate {
@@ -505,19 +602,35 @@ impl T5 {
         for (i, blk) in self.encoder.iter().enumerate() {
             attn_weights(&mut out, format!("encoder.{i}.attn"), &blk.attn);
             push_ff(&mut out, format!("encoder.{i}.ff"), &blk.ff);
-            out.push((format!("encoder.{i}.attn_norm"), WeightRef::D1(&blk.attn_norm.weight)));
-            out.push((format!("encoder.{i}.ff_norm"), WeightRef::D1(&blk.ff_norm.weight)));
+            out.push((
+                format!("encoder.{i}.attn_norm"),
+                WeightRef::D1(&blk.attn_norm.weight),
+            ));
+            out.push((
+                format!("encoder.{i}.ff_norm"),
+                WeightRef::D1(&blk.ff_norm.weight),
+            ));
         }
         for (i, blk) in self.decoder.iter().enumerate() {
             attn_weights(&mut out, format!("decoder.{i}.self_attn"), &blk.self_attn);
             attn_weights(&mut out, format!("decoder.{i}.cross_attn"), &blk.cross_attn);
             push_ff(&mut out, format!("decoder.{i}.ff"), &blk.ff);
-            for (n, norm) in [("self_norm", &blk.self_norm), ("cross_norm", &blk.cross_norm), ("ff_norm", &blk.ff_norm)] {
+            for (n, norm) in [
+                ("self_norm", &blk.self_norm),
+                ("cross_norm", &blk.cross_norm),
+                ("ff_norm", &blk.ff_norm),
+            ] {
                 out.push((format!("decoder.{i}.{n}"), WeightRef::D1(&norm.weight)));
             }
         }
-        out.push(("encoder.final_norm".into(), WeightRef::D1(&self.encoder_norm.weight)));
-        out.push(("decoder.final_norm".into(), WeightRef::D1(&self.decoder_norm.weight)));
+        out.push((
+            "encoder.final_norm".into(),
+            WeightRef::D1(&self.encoder_norm.weight),
+        ));
+        out.push((
+            "decoder.final_norm".into(),
+            WeightRef::D1(&self.decoder_norm.weight),
+        ));
         if !self.tied_head {
             out.push(("lm_head".into(), WeightRef::D2(&self.lm_head)));
         }
@@ -558,7 +671,11 @@ impl WeightRef<'_> {
 ///
 /// `labels` is `[b, t]`; `label_mask` is 1 where a target token counts and 0
 /// at padding. Computed in f32 from the (f32) logits.
-pub fn token_loss_sums(logits: Tensor<3>, labels: Tensor<2, Int>, label_mask: Tensor<2>) -> Tensor<1> {
+pub fn token_loss_sums(
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    label_mask: Tensor<2>,
+) -> Tensor<1> {
     let [b, t, _] = logits.dims();
     let logp = log_softmax(logits, 2);
     let picked = logp.gather(2, labels.reshape([b, t, 1])).reshape([b, t]);

@@ -15,7 +15,13 @@ pub struct Budget {
 
 impl Budget {
     /// Solves for the one of `l`, `s`, `r` that is `None` (r rounded down, l rounded up).
-    pub fn solve(l: Option<i64>, s: Option<i64>, r: Option<i64>, m: usize, d: usize) -> Result<Self> {
+    pub fn solve(
+        l: Option<i64>,
+        s: Option<i64>,
+        r: Option<i64>,
+        m: usize,
+        d: usize,
+    ) -> Result<Self> {
         if d == 0 || m == 0 {
             return Err(Error::invalid("budget: d and m must be positive"));
         }
@@ -23,14 +29,18 @@ impl Budget {
             if let Some(v) = v
                 && v < 0
             {
-                return Err(Error::invalid(format!("budget: {name} = {v}: must be >= 0")));
+                return Err(Error::invalid(format!(
+                    "budget: {name} = {v}: must be >= 0"
+                )));
             }
         }
         let (d64, m64) = (d as i64, m as i64);
         let (l, s, r) = match (l, s, r) {
             (Some(l), Some(s), None) => {
                 if s > l {
-                    return Err(Error::invalid(format!("budget: s = {s} exceeds l = {l}: the short prompt must be shorter")));
+                    return Err(Error::invalid(format!(
+                        "budget: s = {s} exceeds l = {l}: the short prompt must be shorter"
+                    )));
                 }
                 (l, s, (l - s) * d64 / (m64 + d64))
             }
@@ -104,7 +114,10 @@ mod tests {
     fn t5_base_budget_matches_the_paper() {
         let b = Budget::solve(Some(100), Some(60), None, 256, 768).unwrap();
         assert_eq!(b.r, 30);
-        assert_eq!((b.prompt_params(), b.a_params(), b.b_params()), (46_080, 7_680, 23_040));
+        assert_eq!(
+            (b.prompt_params(), b.a_params(), b.b_params()),
+            (46_080, 7_680, 23_040)
+        );
         assert_eq!(b.core_params(), 76_800);
         let b = Budget::solve(Some(100), Some(40), None, 256, 768).unwrap();
         assert_eq!(b.r, 45);

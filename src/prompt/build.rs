@@ -27,7 +27,9 @@ impl Method {
             "pt" => Ok(Method::Pt),
             "dept" => Ok(Method::Dept),
             "ept" => Ok(Method::Ept),
-            other => Err(Error::invalid(format!("unknown method `{other}`: expected pt, dept or ept"))),
+            other => Err(Error::invalid(format!(
+                "unknown method `{other}`: expected pt, dept or ept"
+            ))),
         }
     }
 
@@ -121,7 +123,10 @@ impl PromptConfig {
 }
 
 fn tensor2(m: &Matrix, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(m.data.clone(), [m.rows, m.cols]), (device, DType::F32))
+    Tensor::from_data(
+        TensorData::new(m.data.clone(), [m.rows, m.cols]),
+        (device, DType::F32),
+    )
 }
 
 /// Rows `ids` of the frozen embedding, as f32.
@@ -137,10 +142,19 @@ fn embedding_rows(model: &T5, ids: &[usize]) -> Matrix {
 }
 
 /// The initial prompt rows (n×d).
-fn initial_prompt(cfg: &PromptConfig, n: usize, model: &T5, tok: &TextTokenizer, rng: &mut Rng) -> Result<Matrix> {
+fn initial_prompt(
+    cfg: &PromptConfig,
+    n: usize,
+    model: &T5,
+    tok: &TextTokenizer,
+    rng: &mut Rng,
+) -> Result<Matrix> {
     let d = model.d_model();
     Ok(match &cfg.init {
-        PromptInit::Vocab => embedding_rows(model, &init::sample_vocab_ids(n, model.config.vocab_size, rng)),
+        PromptInit::Vocab => embedding_rows(
+            model,
+            &init::sample_vocab_ids(n, model.config.vocab_size, rng),
+        ),
         PromptInit::Text(text) => {
             let mut ids = tok.encode(text, None)?;
             if ids.last() == Some(&tok.eos_id) {
@@ -154,7 +168,9 @@ fn initial_prompt(cfg: &PromptConfig, n: usize, model: &T5, tok: &TextTokenizer,
 
 fn multi_space(cfg: &PromptConfig, d: usize, rng: &mut Rng, device: &Device) -> Result<MultiSpace> {
     if cfg.num_experts == 0 {
-        return Err(Error::invalid("number of spaces N_e = 0: multi-space projection needs N_e >= 1"));
+        return Err(Error::invalid(
+            "number of spaces N_e = 0: multi-space projection needs N_e >= 1",
+        ));
     }
     let h = cfg.expert_hidden.unwrap_or(cfg.m);
     let experts = (0..cfg.num_experts)

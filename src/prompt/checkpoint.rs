@@ -42,7 +42,12 @@ pub fn save(path: &Path, prompt: &SoftPrompt, meta: &PromptMeta) -> Result<()> {
     }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view")))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
+            )
+        })
         .collect();
     let mut md: HashMap<String, String> = HashMap::new();
     let (s, r, m) = match &prompt.low_rank {
@@ -58,7 +63,11 @@ pub fn save(path: &Path, prompt: &SoftPrompt, meta: &PromptMeta) -> Result<()> {
         ("ept.multi_space", prompt.multi_space.is_some().to_string()),
         (
             "ept.lora_scaling",
-            prompt.low_rank.as_ref().map_or(1.0, |lr| lr.scaling).to_string(),
+            prompt
+                .low_rank
+                .as_ref()
+                .map_or(1.0, |lr| lr.scaling)
+                .to_string(),
         ),
         ("ept.max_len", m.to_string()),
         ("ept.d_model", prompt.d_model().to_string()),
@@ -80,16 +89,21 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
     let md: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
     let get = |k: &str| -> Result<&String> {
         md.get(k)
             .ok_or_else(|| Error::field(path, k, "missing from the metadata (see docs/FORMAT.md)"))
     };
     let parse_usize = |k: &str| -> Result<usize> {
-        get(k)?
-            .parse()
-            .map_err(|_| Error::field(path, k, format!("`{}`: expected a non-negative integer", md[k])))
+        get(k)?.parse().map_err(|_| {
+            Error::field(
+                path,
+                k,
+                format!("`{}`: expected a non-negative integer", md[k]),
+            )
+        })
     };
     let tensor = |name: &str| -> Result<Option<Tensor<2>>> {
         let view = match st.tensor(name) {
@@ -108,7 +122,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
             [n] => [1, *n],
             [a, b] => [*a, *b],
             _ => {
-                return Err(Error::data(path, format!("tensor `{name}` has shape {shape:?}: expected 1 or 2 dims")));
+                return Err(Error::data(
+                    path,
+                    format!("tensor `{name}` has shape {shape:?}: expected 1 or 2 dims"),
+                ));
             }
         };
         let values: Vec<f32> = view
@@ -116,7 +133,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Some(Tensor::from_data(TensorData::new(values, shape2), (device, DType::F32))))
+        Ok(Some(Tensor::from_data(
+            TensorData::new(values, shape2),
+            (device, DType::F32),
+        )))
     };
     let require = |name: &str| -> Result<Tensor<2>> {
         tensor(name)?.ok_or_else(|| Error::MissingTensor {
@@ -128,7 +148,11 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     let d = prompt.dims()[1];
     let d_meta = parse_usize("ept.d_model")?;
     if d_meta != d {
-        return Err(Error::field(path, "ept.d_model", format!("{d_meta}, but `prompt` is {d} wide")));
+        return Err(Error::field(
+            path,
+            "ept.d_model",
+            format!("{d_meta}, but `prompt` is {d} wide"),
+        ));
     }
     let scaling: f64 = get("ept.lora_scaling")?
         .parse()
@@ -136,19 +160,33 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     let low_rank = match (tensor("lora_a")?, tensor("lora_b")?) {
         (Some(a), Some(b)) => Some(LowRank { a, b, scaling }),
         (None, None) => None,
-        _ => return Err(Error::data(path, "has one of `lora_a`, `lora_b` without the other")),
+        _ => {
+            return Err(Error::data(
+                path,
+                "has one of `lora_a`, `lora_b` without the other",
+            ));
+        }
     };
     if let Some(lr) = &low_rank {
         let m = parse_usize("ept.max_len")?;
         if lr.max_len() != m {
-            return Err(Error::field(path, "ept.max_len", format!("{m}, but `lora_a` has {} rows", lr.max_len())));
+            return Err(Error::field(
+                path,
+                "ept.max_len",
+                format!("{m}, but `lora_a` has {} rows", lr.max_len()),
+            ));
         }
     }
-    let fusion = FusionReading::parse(get("ept.fusion")?).map_err(|e| Error::field(path, "ept.fusion", e.to_string()))?;
+    let fusion = FusionReading::parse(get("ept.fusion")?)
+        .map_err(|e| Error::field(path, "ept.fusion", e.to_string()))?;
     let multi_space = if get("ept.multi_space")? == "true" {
         let n = parse_usize("ept.num_experts")?;
         if n == 0 {
-            return Err(Error::field(path, "ept.num_experts", "0: multi-space needs N_e >= 1"));
+            return Err(Error::field(
+                path,
+                "ept.num_experts",
+                "0: multi-space needs N_e >= 1",
+            ));
         }
         let experts = (0..n)
             .map(|i| {
@@ -174,7 +212,8 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
         fusion,
         multi_space,
     };
-    sp.validate().map_err(|e| Error::data(path, e.to_string()))?;
+    sp.validate()
+        .map_err(|e| Error::data(path, e.to_string()))?;
     let meta = PromptMeta {
         method: get("ept.method")?.clone(),
         materialized: md.get("ept.materialized").is_some_and(|v| v == "true"),

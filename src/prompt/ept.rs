@@ -52,7 +52,9 @@ impl FusionReading {
 }
 
 /// Which optimiser group a trainable tensor belongs to (they get separate learning rates).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ParamGroup {
     /// P (PT) or P_s (DePT, EPT).
@@ -76,7 +78,11 @@ impl LowRank {
     /// `scaling · A·B`, `[m, d]`.
     pub fn product(&self) -> Tensor<2> {
         let ab = self.a.clone().matmul(self.b.clone());
-        if self.scaling == 1.0 { ab } else { ab * self.scaling }
+        if self.scaling == 1.0 {
+            ab
+        } else {
+            ab * self.scaling
+        }
     }
 
     pub fn max_len(&self) -> usize {
@@ -117,7 +123,10 @@ pub struct MultiSpace {
 impl MultiSpace {
     /// Gate weights `G = softmax_i(x · W_g)`, `[n, N_e]` (Eq. 6).
     pub fn gate(&self, x: Tensor<2>) -> Tensor<2> {
-        softmax(x.matmul(self.gate_w.clone().transpose()) + self.gate_b.clone(), 1)
+        softmax(
+            x.matmul(self.gate_w.clone().transpose()) + self.gate_b.clone(),
+            1,
+        )
     }
 
     /// `P_amend = Σ_i G_i ⊙ E_i(x)` (Eq. 7).
@@ -202,7 +211,9 @@ impl SoftPrompt {
         if let Some(ms) = &self.multi_space
             && ms.experts.is_empty()
         {
-            return Err(Error::invalid("multi-space projection needs at least one expert (N_e >= 1)"));
+            return Err(Error::invalid(
+                "multi-space projection needs at least one expert (N_e >= 1)",
+            ));
         }
         Ok(())
     }
@@ -247,9 +258,17 @@ impl SoftPrompt {
         }
         if let Some(ms) = &self.multi_space {
             for (i, e) in ms.experts.iter().enumerate() {
-                out.push((format!("experts.{i}.w2.weight"), ParamGroup::Auxiliary, &e.w2));
+                out.push((
+                    format!("experts.{i}.w2.weight"),
+                    ParamGroup::Auxiliary,
+                    &e.w2,
+                ));
                 out.push((format!("experts.{i}.w2.bias"), ParamGroup::Auxiliary, &e.b2));
-                out.push((format!("experts.{i}.w1.weight"), ParamGroup::Auxiliary, &e.w1));
+                out.push((
+                    format!("experts.{i}.w1.weight"),
+                    ParamGroup::Auxiliary,
+                    &e.w1,
+                ));
                 out.push((format!("experts.{i}.w1.bias"), ParamGroup::Auxiliary, &e.b1));
             }
             out.push(("gate.weight".into(), ParamGroup::Auxiliary, &ms.gate_w));
@@ -282,8 +301,16 @@ impl SoftPrompt {
     pub fn to_device(mut self, device: &Device, trainable: bool) -> Self {
         for t in self.params_mut() {
             let moved = t.clone().detach().to_device(device);
-            let moved = if device.is_autodiff() { moved.autodiff() } else { moved.without_autodiff() };
-            *t = if trainable && device.is_autodiff() { moved.require_grad() } else { moved };
+            let moved = if device.is_autodiff() {
+                moved.autodiff()
+            } else {
+                moved.without_autodiff()
+            };
+            *t = if trainable && device.is_autodiff() {
+                moved.require_grad()
+            } else {
+                moved
+            };
         }
         self
     }
@@ -305,9 +332,11 @@ impl PromptInput for SoftPrompt {
         let ab = self.low_rank.as_ref().map(LowRank::product);
         // Eq. 2: I_up = E + A·B, row j of A·B added at input position j (t <= m
         // because inputs are truncated to m; the first t rows serve a shorter batch).
+        // The prompt's own precision (f32 in training) for the sum.
+        let embeds = embeds.cast(self.prompt.dtype());
         let i_up = match &ab {
-            Some(ab) => embeds.cast(DType::F32) + ab.clone().narrow(0, 0, t).unsqueeze::<3>(),
-            None => embeds.cast(DType::F32),
+            Some(ab) => embeds + ab.clone().narrow(0, 0, t).unsqueeze::<3>(),
+            None => embeds,
         };
         // Eq. 8: P_new, input-independent: computed once and broadcast over the batch.
         let p_new = self.reconstructed(ab.as_ref());

@@ -46,7 +46,12 @@ pub fn text_ids(text_ids: &[u32], n: usize) -> Result<Vec<usize>> {
     if text_ids.is_empty() {
         return Err(Error::invalid("prompt init text tokenizes to nothing"));
     }
-    Ok(text_ids.iter().cycle().take(n).map(|&i| i as usize).collect())
+    Ok(text_ids
+        .iter()
+        .cycle()
+        .take(n)
+        .map(|&i| i as usize)
+        .collect())
 }
 
 /// N(0, 1) entries.
@@ -63,7 +68,9 @@ pub fn uniform(rows: usize, cols: usize, bound: f64, rng: &mut Rng) -> Matrix {
     Matrix {
         rows,
         cols,
-        data: (0..rows * cols).map(|_| rng.uniform(-bound, bound) as f32).collect(),
+        data: (0..rows * cols)
+            .map(|_| rng.uniform(-bound, bound) as f32)
+            .collect(),
     }
 }
 
@@ -103,10 +110,19 @@ pub enum Split {
 
 /// EPT's decomposition: align P (l×d) to m rows, then a rank-r truncated SVD
 /// gives A (m×r) and B (r×d) with A·B the best rank-r approximation.
-pub fn svd_decompose(p: &Matrix, m: usize, r: usize, align: Align, split: Split) -> Result<(Matrix, Matrix)> {
+pub fn svd_decompose(
+    p: &Matrix,
+    m: usize,
+    r: usize,
+    align: Align,
+    split: Split,
+) -> Result<(Matrix, Matrix)> {
     let d = p.cols;
     if r > m.min(d) {
-        return Err(Error::invalid(format!("rank r = {r} exceeds min(m, d) = {}", m.min(d))));
+        return Err(Error::invalid(format!(
+            "rank r = {r} exceeds min(m, d) = {}",
+            m.min(d)
+        )));
     }
     let aligned = faer::Mat::<f64>::from_fn(m, d, |i, j| {
         let src = match align {
@@ -114,7 +130,11 @@ pub fn svd_decompose(p: &Matrix, m: usize, r: usize, align: Align, split: Split)
             Align::ZeroPad => i,
             Align::Tile => i % p.rows.max(1),
         };
-        if p.rows == 0 { 0.0 } else { p.data[src * d + j] as f64 }
+        if p.rows == 0 {
+            0.0
+        } else {
+            p.data[src * d + j] as f64
+        }
     });
     let svd = aligned
         .thin_svd()

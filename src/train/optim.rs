@@ -112,7 +112,13 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor<2>>], max_norm: Option<f64>) ->
     let total: f64 = grads
         .iter()
         .flatten()
-        .map(|g| g.clone().cast(DType::F32).square().sum().into_scalar::<f32>() as f64)
+        .map(|g| {
+            g.clone()
+                .cast(DType::F32)
+                .square()
+                .sum()
+                .into_scalar::<f32>() as f64
+        })
         .sum::<f64>()
         .sqrt();
     if let Some(max) = max_norm {
