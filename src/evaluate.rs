@@ -129,3 +129,111 @@ pub fn generate_ids(
     }
     out
 }
+
+/// How predictions are made for scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// Greedy decoding (DePT's way), compared as stripped strings.
+    Generate,
+    /// Rank classification: the label string with the highest log-likelihood.
+    /// Never an invalid label; one decoder pass per option.
+    Rank,
+}
+
+impl Scoring {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "generate" => Ok(Scoring::Generate),
+            "rank" => Ok(Scoring::Rank),
+            other => Err(crate::Error::invalid(format!(
+                "unknown scoring `{other}`: expected generate or rank"
+            ))),
+        }
+    }
+}
+
+/// Rank classification: for every input, the index into `options` of the
+/// option whose tokens (with `</s>`) have the highest total log-likelihood.
+/// The encoder runs once per batch; the decoder once per option.
+pub fn rank_options(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    inputs: &[Vec<u32>],
+    options: &[Vec<u32>],
+    batch_size: usize,
+) -> Vec<usize> {
+    let cfg = &model.config;
+    let examples: Vec<TokenizedExample> = inputs
+        .iter()
+        .map(|ids| TokenizedExample {
+            input_ids: ids.clone(),
+            label_ids: vec![cfg.eos_token_id],
+        })
+        .collect();
+    let mut best = vec![0usize; inputs.len()];
+    for idx in length_sorted_batches(&examples, batch_size) {
+        let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
+        let batch = Seq2SeqBatch::new(&rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
+        let embeds = model.embed(batch.input_ids.clone());
+        let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
+        let enc = model.encode_embeds(enc_in, &mask);
+        let mut scores = vec![f64::NEG_INFINITY; idx.len()];
+        for (o, option) in options.iter().enumerate() {
+            let with_option: Vec<TokenizedExample> = rows
+                .iter()
+                .map(|r| TokenizedExample {
+                    input_ids: r.input_ids.clone(),
+                    label_ids: option.clone(),
+                })
+                .collect();
+            let ob = Seq2SeqBatch::new(
+                &with_option,
+                cfg.pad_id(),
+                cfg.decoder_start_id(),
+                model.device(),
+            );
+            let logits = model.decode(ob.decoder_input_ids.clone(), enc.clone(), &mask);
+            let nll = crate::tensors::to_f32_vec(token_loss_sums(logits, ob.labels, ob.label_mask));
+            for k in 0..idx.len() {
+                let ll = -(nll[k] as f64);
+                if ll > scores[k] {
+                    scores[k] = ll;
+                    best[idx[k]] = o;
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Predictions (decoded strings) for `examples` by `scoring`; rank
+/// classification needs the task's label strings.
+pub fn predict(
+    model: &T5,
+    tok: &TextTokenizer,
+    prompt: &dyn PromptInput,
+    examples: &[TokenizedExample],
+    scoring: Scoring,
+    labels: Option<&[&str]>,
+    batch_size: usize,
+) -> Result<Vec<String>> {
+    let inputs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
+    match (scoring, labels) {
+        (Scoring::Rank, Some(labels)) => {
+            let options = labels
+                .iter()
+                .map(|l| tok.encode(l, None))
+                .collect::<Result<Vec<_>>>()?;
+            let best = rank_options(model, prompt, &inputs, &options, batch_size);
+            Ok(best.into_iter().map(|i| labels[i].to_string()).collect())
+        }
+        (Scoring::Rank, None) => Err(crate::Error::invalid(
+            "rank scoring needs a fixed label set: use --scoring generate for regression and QA tasks",
+        )),
+        (Scoring::Generate, _) => generate_ids(model, prompt, &inputs, batch_size, 20)
+            .iter()
+            .map(|ids| tok.decode(ids))
+            .collect(),
+    }
+}

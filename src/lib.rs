@@ -13,6 +13,7 @@
 //!
 //! The `ept` binary (`src/main.rs`, `src/cli/`) is a thin layer over this library.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod evaluate;

@@ -300,3 +300,96 @@ fn budget_solves_the_paper_split() {
     let e = error_of(&["budget", "--l", "10", "--r", "-1"]);
     assert!(e.contains("r = -1"), "{e}");
 }
+
+fn glue_hub() -> String {
+    fixtures()
+        .join("tables/hub/datasets--nyu-mll--glue/snapshots/0123abcd")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn tasks_list_and_show() {
+    let (code, out, err) = ept(&["tasks", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 15);
+    let rte = rows.iter().find(|r| r["task"] == "rte").unwrap();
+    assert_eq!(rte["sizes"]["validation"], 138);
+    assert_eq!(rte["sizes"]["test"], 139);
+
+    let (code, out, err) = ept(&[
+        "tasks",
+        "show",
+        "rte",
+        "--data",
+        &glue_hub(),
+        "--split",
+        "validation",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l["source"].as_str().unwrap().starts_with("sentence1: "));
+        assert!(["0", "1"].contains(&l["target"].as_str().unwrap()));
+    }
+    let e = error_of(&["tasks", "show", "nosuchtask"]);
+    assert!(e.contains("nosuchtask"), "{e}");
+    let e = error_of(&[
+        "tasks",
+        "show",
+        "rte",
+        "--data",
+        &glue_hub(),
+        "--split",
+        "dev2",
+    ]);
+    assert!(e.contains("dev2"), "{e}");
+}
+
+#[test]
+fn eval_scores_a_task_by_generation_and_by_ranking() {
+    let m = model_dir("relu-tied");
+    for scoring in ["generate", "rank"] {
+        let (code, out, err) = ept(&[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--task",
+            "rte",
+            "--data",
+            &glue_hub(),
+            "--split",
+            "test",
+            "--scoring",
+            scoring,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let acc = v["metrics"]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&acc));
+        assert!(v["loss"].as_f64().unwrap() > 0.0);
+    }
+    let squad = fixtures().join("tables/hub/datasets--rajpurkar--squad/snapshots/c0ffee");
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--task",
+        "squad",
+        "--data",
+        squad.to_str().unwrap(),
+        "--scoring",
+        "rank",
+    ]);
+    assert!(e.contains("rank"), "{e}");
+}

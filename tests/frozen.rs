@@ -21,6 +21,7 @@ fn backward_reaches_the_prompt_and_no_weight() {
         low_rank: None,
         fusion: None,
         multi_space: None,
+        max_len: None,
     }
     .to_device(&device, true);
     let examples = vec![

@@ -1,9 +1,12 @@
 //! Command definitions and dispatch. Each command lives in its own file.
 
+mod bench;
 mod budget;
 mod eval;
 mod generate;
 mod inspect;
+mod tasks;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 use ept::Result;
@@ -24,14 +27,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a prompt (PT, DePT or EPT) on a task and keep the best checkpoint.
+    Train(Box<train::TrainArgs>),
     /// Token-weighted cross-entropy of a model (and prompt) on a data set.
     Eval(eval::EvalArgs),
     /// Greedy continuation of a text.
     Generate(generate::GenerateArgs),
+    /// The tasks, their metrics and split sizes; `tasks show` prints formatted rows.
+    Tasks(tasks::TasksArgs),
     /// Solve the parameter budget l·d = s·d + (m+d)·r.
     Budget(budget::BudgetArgs),
     /// Architecture, sizes, dtype, parameter count and files of a model.
     Inspect(inspect::InspectArgs),
+    /// Time a prompt-tuning step (forward, backward, prompt gradients) on a random-weight T5.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the frozen model comes from.
@@ -69,5 +78,8 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Budget(a) => budget::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Tasks(a) => tasks::run(a),
+        Command::Train(a) => train::run(*a),
     }
 }

@@ -1,5 +1,6 @@
 //! Task data: reading the published data sets, DePT's text-to-text formatting, its splits, and
 //! few-shot sampling.
+pub mod batching;
 pub mod fewshot;
 pub mod format;
 pub mod randperm;

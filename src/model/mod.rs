@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod random;
 pub mod t5;
 pub mod tokenizer;
 

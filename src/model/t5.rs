@@ -49,7 +49,7 @@ impl Linear {
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     pub weight: Tensor<1>,
-    eps: f64,
+    pub(crate) eps: f64,
 }
 
 impl RmsNorm {
@@ -85,8 +85,8 @@ pub struct Attention {
     pub o: Linear,
     /// `[num_buckets, num_heads]`, only in block 0 of a stack.
     pub relative_bias: Option<Tensor<2>>,
-    n_heads: usize,
-    d_kv: usize,
+    pub(crate) n_heads: usize,
+    pub(crate) d_kv: usize,
 }
 
 impl Attention {
@@ -252,7 +252,7 @@ pub struct FeedForward {
     /// The gate's second projection (`wi_1`) in gated variants.
     pub wi_gate: Option<Linear>,
     pub wo: Linear,
-    act: Activation,
+    pub(crate) act: Activation,
 }
 
 impl FeedForward {
@@ -347,7 +347,7 @@ pub struct T5 {
     /// Whether `lm_head` is the shared embedding (for parameter counts).
     pub tied_head: bool,
     pub dtype: FloatType,
-    device: Device,
+    pub(crate) device: Device,
 }
 
 /// Names under which checkpoints store the shared embedding.

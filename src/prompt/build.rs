@@ -213,6 +213,7 @@ pub fn build_prompt(cfg: &PromptConfig, model: &T5, tok: &TextTokenizer) -> Resu
             low_rank: None,
             fusion: None,
             multi_space: None,
+            max_len: Some(cfg.m),
         },
         Method::Dept => {
             let p_s = initial_prompt(cfg, budget.s, model, tok, &mut rng)?;
@@ -227,6 +228,7 @@ pub fn build_prompt(cfg: &PromptConfig, model: &T5, tok: &TextTokenizer) -> Resu
                 }),
                 fusion: None,
                 multi_space: None,
+                max_len: Some(cfg.m),
             }
         }
         Method::Ept => {
@@ -268,6 +270,7 @@ pub fn build_prompt(cfg: &PromptConfig, model: &T5, tok: &TextTokenizer) -> Resu
                 } else {
                     None
                 },
+                max_len: Some(cfg.m),
             }
         }
     };

@@ -8,6 +8,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use super::PromptInput;
 use super::ept::{Expert, FusionReading, LowRank, MultiSpace, SoftPrompt};
 use crate::error::{Error, Result};
 
@@ -50,10 +51,11 @@ pub fn save(path: &Path, prompt: &SoftPrompt, meta: &PromptMeta) -> Result<()> {
         })
         .collect();
     let mut md: HashMap<String, String> = HashMap::new();
-    let (s, r, m) = match &prompt.low_rank {
-        Some(lr) => (prompt.len(), lr.rank(), lr.max_len()),
-        None => (prompt.len(), 0, 0),
-    };
+    let (s, r) = (
+        prompt.len(),
+        prompt.low_rank.as_ref().map_or(0, |lr| lr.rank()),
+    );
+    let m = prompt.max_input_len().unwrap_or(0);
     let ne = prompt.multi_space.as_ref().map_or(0, |ms| ms.experts.len());
     for (k, v) in [
         ("ept.format", "1".to_string()),
@@ -167,15 +169,19 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
             ));
         }
     };
-    if let Some(lr) = &low_rank {
-        let m = parse_usize("ept.max_len")?;
-        if lr.max_len() != m {
-            return Err(Error::field(
-                path,
-                "ept.max_len",
-                format!("{m}, but `lora_a` has {} rows", lr.max_len()),
-            ));
-        }
+    // 0 (or absent, for PT) means "no limit".
+    let max_len = match md.get("ept.max_len") {
+        Some(_) => Some(parse_usize("ept.max_len")?).filter(|&m| m > 0),
+        None => None,
+    };
+    if let Some(lr) = &low_rank
+        && Some(lr.max_len()) != max_len
+    {
+        return Err(Error::field(
+            path,
+            "ept.max_len",
+            format!("{max_len:?}, but `lora_a` has {} rows", lr.max_len()),
+        ));
     }
     let fusion = FusionReading::parse(get("ept.fusion")?)
         .map_err(|e| Error::field(path, "ept.fusion", e.to_string()))?;
@@ -211,6 +217,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
         low_rank,
         fusion,
         multi_space,
+        max_len,
     };
     sp.validate()
         .map_err(|e| Error::data(path, e.to_string()))?;

@@ -176,6 +176,9 @@ pub struct SoftPrompt {
     pub low_rank: Option<LowRank>,
     pub fusion: Option<FusionReading>,
     pub multi_space: Option<MultiSpace>,
+    /// Longest text input m the prompt was trained with (A·B's rows when present;
+    /// PT keeps it too, so evaluation truncates as training did).
+    pub max_len: Option<usize>,
 }
 
 impl SoftPrompt {
@@ -206,6 +209,14 @@ impl SoftPrompt {
                 "low-rank shapes do not fit: A {:?}, B {:?}, prompt width {d}",
                 lr.a.dims(),
                 lr.b.dims()
+            )));
+        }
+        if let (Some(lr), Some(m)) = (&self.low_rank, self.max_len)
+            && lr.max_len() != m
+        {
+            return Err(Error::invalid(format!(
+                "A has {} rows but the prompt's m is {m}",
+                lr.max_len()
             )));
         }
         if let Some(ms) = &self.multi_space
@@ -246,6 +257,7 @@ impl SoftPrompt {
             }),
             fusion: None,
             multi_space: None,
+            max_len: self.max_len,
         }
     }
 
@@ -349,6 +361,7 @@ impl PromptInput for SoftPrompt {
     }
 
     fn max_input_len(&self) -> Option<usize> {
-        self.low_rank.as_ref().map(LowRank::max_len)
+        self.max_len
+            .or(self.low_rank.as_ref().map(LowRank::max_len))
     }
 }

@@ -1,4 +1,5 @@
 //! Training: optimiser groups, schedules, the loop and checkpoints.
 
 pub mod optim;
+pub mod run;
 pub mod schedule;

@@ -1,0 +1,550 @@
+//! Training-step benchmarks on random weights: no checkpoint, no data files.
+//!
+//! One *step* is what a prompt-tuning step costs before the optimiser: the
+//! forward pass of a batch through the frozen encoder and decoder with the
+//! prompt, the token-mean cross-entropy, the backward pass, and reading the
+//! prompt's gradients. Weights are random ([`T5::random`]) with the shapes of a
+//! real checkpoint, inputs are random ids of exactly `len` tokens (`</s>` last),
+//! targets 2–4 tokens. `scripts/bench_pytorch.py` runs the same workloads in
+//! PyTorch; `scripts/bench_vs_pytorch.sh` compares the two (docs/BENCHMARKS.md).
+
+use std::time::Instant;
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result};
+use crate::evaluate::batch_loss_sums;
+use crate::io::weights::FloatType;
+use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
+use crate::model::t5::token_loss_sums;
+use crate::model::{T5, T5Config, TextTokenizer};
+use crate::prompt::{Method, PromptConfig, SoftPrompt, build_prompt};
+use crate::rng::Rng;
+
+/// Architecture presets (the shapes of Google's original T5 checkpoints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// 6+6 layers, d 512, d_kv 64, 8 heads, d_ff 2048, ReLU, vocab 32128 (60M).
+    T5Small,
+    /// 12+12 layers, d 768, d_kv 64, 12 heads, d_ff 3072, ReLU, vocab 32128 (223M).
+    T5Base,
+}
+
+impl Shape {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "t5-small" => Ok(Shape::T5Small),
+            "t5-base" => Ok(Shape::T5Base),
+            other => Err(Error::invalid(format!(
+                "unknown shape `{other}`: expected t5-small or t5-base"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::T5Small => "t5-small",
+            Shape::T5Base => "t5-base",
+        }
+    }
+
+    /// The model config of this shape (T5 v1.0: ReLU, tied head, rescaled decoder output).
+    pub fn config(self) -> T5Config {
+        let (layers, d, heads, d_ff) = match self {
+            Shape::T5Small => (6, 512, 8, 2048),
+            Shape::T5Base => (12, 768, 12, 3072),
+        };
+        T5Config {
+            model_type: Some("t5".into()),
+            vocab_size: 32128,
+            d_model: d,
+            d_kv: 64,
+            d_ff,
+            num_layers: layers,
+            num_decoder_layers: Some(layers),
+            num_heads: heads,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            tie_word_embeddings: true,
+            scale_decoder_outputs: None,
+            pad_token_id: Some(0),
+            eos_token_id: 1,
+            decoder_start_token_id: Some(0),
+            dense_act_fn: None,
+            is_gated_act: None,
+            torch_dtype: Some("float32".into()),
+        }
+    }
+
+    /// Default (batch, input length): 16×128 for T5-small, 8×256 for T5-base.
+    pub fn default_batch_len(self) -> (usize, usize) {
+        match self {
+            Shape::T5Small => (16, 128),
+            Shape::T5Base => (8, 256),
+        }
+    }
+}
+
+/// What is trained in the benchmarked step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMethod {
+    /// No prompt: the gradient is taken with respect to the input embeddings
+    /// (the same backward pass through the whole frozen model, no prompt rows).
+    None,
+    /// Prompt tuning: l rows prepended.
+    Pt,
+    /// EPT: s rows, rank-r A·B (m = input length), cross-attention fusion, experts.
+    Ept,
+}
+
+impl BenchMethod {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(BenchMethod::None),
+            "pt" => Ok(BenchMethod::Pt),
+            "ept" => Ok(BenchMethod::Ept),
+            other => Err(Error::invalid(format!(
+                "unknown bench method `{other}`: expected pt, ept or none"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMethod::None => "none",
+            BenchMethod::Pt => "pt",
+            BenchMethod::Ept => "ept",
+        }
+    }
+}
+
+/// One benchmark workload.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchSettings {
+    pub shape: Shape,
+    pub batch: usize,
+    /// Input length in tokens (`</s>` included); also m, the rows of A·B.
+    pub len: usize,
+    pub method: BenchMethod,
+    /// PT's prompt length, and EPT's budget l.
+    pub l: usize,
+    /// EPT's short prompt length.
+    pub s: usize,
+    /// EPT's rank.
+    pub r: usize,
+    pub num_experts: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub seed: u64,
+    pub dtype: FloatType,
+}
+
+impl BenchSettings {
+    /// The paper's settings (PT l = 100; EPT s = 60, r = 30, 4 experts) at the shape's default size.
+    pub fn new(shape: Shape, method: BenchMethod) -> Self {
+        let (batch, len) = shape.default_batch_len();
+        BenchSettings {
+            shape,
+            batch,
+            len,
+            method,
+            l: 100,
+            s: 60,
+            r: 30,
+            num_experts: 4,
+            steps: 5,
+            warmup: 2,
+            seed: 0,
+            dtype: FloatType::F32,
+        }
+    }
+
+    /// The prompt settings of this workload (`None` for [`BenchMethod::None`]).
+    pub fn prompt_config(&self) -> Option<PromptConfig> {
+        let mut cfg = match self.method {
+            BenchMethod::None => return None,
+            BenchMethod::Pt => PromptConfig::new(Method::Pt),
+            BenchMethod::Ept => {
+                let mut c = PromptConfig::new(Method::Ept);
+                c.s = Some(self.s);
+                c.r = Some(self.r);
+                c.num_experts = self.num_experts;
+                c
+            }
+        };
+        cfg.l = self.l;
+        cfg.m = self.len;
+        cfg.seed = self.seed;
+        Some(cfg)
+    }
+}
+
+/// Timings and memory of one workload. Times in seconds, memory in MiB.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub implementation: &'static str,
+    pub settings: BenchSettings,
+    /// Rows prepended to the encoder input (l for PT, s for EPT, 0 without prompt).
+    pub prompt_rows: usize,
+    /// Encoder sequence length: `prompt_rows + len`.
+    pub encoder_len: usize,
+    /// Target tokens per batch (what the loss is averaged over).
+    pub target_tokens: usize,
+    pub frozen_params: usize,
+    /// Every trainable number, auxiliary networks included.
+    pub trainable_params: usize,
+    /// Worker threads (RAYON_NUM_THREADS, else the number of CPUs).
+    pub threads: usize,
+    /// The allocator setting in force (see [`crate::runtime::tune_allocator`]).
+    pub allocator: String,
+    /// Every measured step, in order (warm-up excluded).
+    pub step_s: Vec<f64>,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub mean_s: f64,
+    /// Median of the forward part (prompt, encoder, decoder, loss).
+    pub forward_median_s: f64,
+    /// Median of the backward part (backward pass and reading the gradients).
+    pub backward_median_s: f64,
+    /// Input tokens (`batch × len`, prompt rows not counted) per second at the median step.
+    pub tokens_per_s: f64,
+    /// Resident memory before the model was built (VmRSS).
+    pub start_rss_mib: f64,
+    /// Process peak resident memory (VmHWM) once model, prompt and batch existed.
+    pub setup_peak_rss_mib: f64,
+    /// Process peak resident memory (VmHWM) at the end: the whole run's peak.
+    pub peak_rss_mib: f64,
+    /// Loss and gradient norm of the last step (sanity: both finite, norm > 0).
+    pub loss: f64,
+    pub grad_norm: f64,
+}
+
+/// A field of `/proc/self/status` in MiB (`VmHWM`: the process's peak resident set).
+pub fn proc_status_mib(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Worker threads the CPU backend uses: `RAYON_NUM_THREADS`, else the CPU count.
+pub fn worker_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+/// Random inputs of exactly `len` tokens (`</s>` last) and targets of 2–4 tokens (`</s>` last).
+pub fn random_examples(
+    batch: usize,
+    len: usize,
+    cfg: &T5Config,
+    rng: &mut Rng,
+) -> Vec<TokenizedExample> {
+    let eos = cfg.eos_token_id;
+    // Ordinary pieces: not pad (0), eos (1) or unk (2).
+    let piece = |rng: &mut Rng| 3 + rng.below(cfg.vocab_size.min(32000) as u64 - 3) as u32;
+    (0..batch)
+        .map(|_| {
+            let mut input_ids: Vec<u32> = (0..len.saturating_sub(1)).map(|_| piece(rng)).collect();
+            input_ids.push(eos);
+            let n = 2 + rng.below(3) as usize;
+            let mut label_ids: Vec<u32> = (0..n - 1).map(|_| piece(rng)).collect();
+            label_ids.push(eos);
+            TokenizedExample {
+                input_ids,
+                label_ids,
+            }
+        })
+        .collect()
+}
+
+/// A tokenizer that is never used: [`build_prompt`] takes one, but the
+/// vocabulary-sampled initialisation reads only the embedding.
+fn placeholder_tokenizer(eos: u32) -> Result<TextTokenizer> {
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"<pad>":0,"</s>":1,"<unk>":2},"unk_token":"<unk>"}}"#;
+    let path =
+        std::env::temp_dir().join(format!("ept-bench-tokenizer-{}.json", std::process::id()));
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    let tok = TextTokenizer::from_file(&path, eos);
+    let _ = std::fs::remove_file(&path);
+    tok
+}
+
+/// What the step differentiates.
+enum Trainable {
+    Prompt(SoftPrompt),
+    /// No prompt: the input embeddings.
+    Inputs,
+}
+
+struct StepResult {
+    forward_s: f64,
+    backward_s: f64,
+    loss: f64,
+    grad_norm: f64,
+}
+
+fn squared_norm<const D: usize>(t: Option<Tensor<D>>) -> f64 {
+    t.map(|g| {
+        crate::tensors::to_f32_vec(g)
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum()
+    })
+    .unwrap_or(0.0)
+}
+
+fn step(model: &T5, trainable: &Trainable, batch: &Seq2SeqBatch) -> StepResult {
+    let n_tokens = batch.n_tokens as f64;
+    let start = Instant::now();
+    match trainable {
+        Trainable::Prompt(prompt) => {
+            let loss = batch_loss_sums(model, prompt, batch).sum() / n_tokens;
+            let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+            let forward_s = start.elapsed().as_secs_f64();
+            let grads = loss.backward();
+            let grad_norm = prompt
+                .params()
+                .iter()
+                .map(|(_, _, t)| squared_norm(t.grad(&grads)))
+                .sum::<f64>()
+                .sqrt();
+            StepResult {
+                forward_s,
+                backward_s: start.elapsed().as_secs_f64() - forward_s,
+                loss: loss_value,
+                grad_norm,
+            }
+        }
+        Trainable::Inputs => {
+            let embeds = model.embed(batch.input_ids.clone()).detach().require_grad();
+            let enc = model.encode_embeds(embeds.clone(), &batch.attention_mask);
+            let logits = model.decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
+            let loss = token_loss_sums(logits, batch.labels.clone(), batch.label_mask.clone())
+                .sum()
+                / n_tokens;
+            let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+            let forward_s = start.elapsed().as_secs_f64();
+            let grads = loss.backward();
+            let grad_norm = squared_norm(embeds.grad(&grads)).sqrt();
+            StepResult {
+                forward_s,
+                backward_s: start.elapsed().as_secs_f64() - forward_s,
+                loss: loss_value,
+                grad_norm,
+            }
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Runs `warmup` unmeasured steps then `steps` measured ones. `allocator`
+/// describes the allocator setting in force, for the report.
+pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
+    if settings.batch == 0 || settings.len == 0 || settings.steps == 0 {
+        return Err(Error::invalid(
+            "bench: batch, len and steps must be positive",
+        ));
+    }
+    let start_rss_mib = proc_status_mib("VmRSS:").unwrap_or(f64::NAN);
+    let device = crate::runtime::cpu_device(true);
+    let config = settings.shape.config();
+    let model = T5::random(config.clone(), settings.seed, settings.dtype, &device);
+    let trainable = match settings.prompt_config() {
+        Some(pc) => {
+            let tok = placeholder_tokenizer(config.eos_token_id)?;
+            let prompt = build_prompt(&pc, &model, &tok)?.to_device(&device, true);
+            Trainable::Prompt(prompt)
+        }
+        None => Trainable::Inputs,
+    };
+    let (prompt_rows, trainable_params) = match &trainable {
+        Trainable::Prompt(p) => (
+            p.len(),
+            p.params()
+                .iter()
+                .map(|(_, _, t)| t.dims().iter().product::<usize>())
+                .sum(),
+        ),
+        Trainable::Inputs => (0, 0),
+    };
+    let mut rng = Rng::new(settings.seed ^ 0x5EED_BA7C);
+    let examples = random_examples(settings.batch, settings.len, &config, &mut rng);
+    let batch = Seq2SeqBatch::new(
+        &examples,
+        config.pad_id(),
+        config.decoder_start_id(),
+        &device,
+    );
+    let setup_peak_rss_mib = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
+
+    for _ in 0..settings.warmup {
+        step(&model, &trainable, &batch);
+    }
+    let mut step_s = Vec::with_capacity(settings.steps);
+    let mut forward = Vec::with_capacity(settings.steps);
+    let mut backward = Vec::with_capacity(settings.steps);
+    let mut last = None;
+    for _ in 0..settings.steps {
+        let r = step(&model, &trainable, &batch);
+        step_s.push(r.forward_s + r.backward_s);
+        forward.push(r.forward_s);
+        backward.push(r.backward_s);
+        last = Some(r);
+    }
+    let last = last.expect("at least one step");
+    let median_s = median(&step_s);
+    Ok(BenchReport {
+        implementation: "ept (burn-flex)",
+        settings: settings.clone(),
+        prompt_rows,
+        encoder_len: prompt_rows + settings.len,
+        target_tokens: batch.n_tokens,
+        frozen_params: model.num_parameters(),
+        trainable_params,
+        threads: worker_threads(),
+        allocator: allocator.to_string(),
+        min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),
+        mean_s: step_s.iter().sum::<f64>() / step_s.len() as f64,
+        median_s,
+        forward_median_s: median(&forward),
+        backward_median_s: median(&backward),
+        tokens_per_s: (settings.batch * settings.len) as f64 / median_s,
+        step_s,
+        start_rss_mib,
+        setup_peak_rss_mib,
+        peak_rss_mib: proc_status_mib("VmHWM:").unwrap_or(f64::NAN),
+        loss: last.loss,
+        grad_norm: last.grad_norm,
+    })
+}
+
+impl BenchReport {
+    /// A human-readable summary.
+    pub fn table(&self) -> String {
+        let s = &self.settings;
+        let mut out = String::new();
+        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+        row("implementation", self.implementation.into());
+        row("shape", s.shape.name().into());
+        let method = match s.method {
+            BenchMethod::None => "none (gradient w.r.t. input embeddings)".to_string(),
+            BenchMethod::Pt => format!("pt (l = {})", s.l),
+            BenchMethod::Ept => format!(
+                "ept (s = {}, r = {}, m = {}, {} experts, cross-attention fusion)",
+                s.s, s.r, s.len, s.num_experts
+            ),
+        };
+        row("method", method);
+        row(
+            "batch × len",
+            format!(
+                "{} × {} (+{} prompt rows = {} encoder positions; {} target tokens)",
+                s.batch, s.len, self.prompt_rows, self.encoder_len, self.target_tokens
+            ),
+        );
+        row("dtype", format!("{:?}", s.dtype).to_lowercase());
+        row(
+            "parameters",
+            format!(
+                "{} frozen, {} trainable",
+                self.frozen_params, self.trainable_params
+            ),
+        );
+        row("threads", self.threads.to_string());
+        row("allocator", self.allocator.clone());
+        row(
+            "steps",
+            format!("{} measured after {} warm-up", s.steps, s.warmup),
+        );
+        row(
+            "step time",
+            format!(
+                "median {:.3} s, min {:.3} s, mean {:.3} s",
+                self.median_s, self.min_s, self.mean_s
+            ),
+        );
+        row(
+            "  forward / backward",
+            format!(
+                "{:.3} s / {:.3} s (medians)",
+                self.forward_median_s, self.backward_median_s
+            ),
+        );
+        row(
+            "tokens/s",
+            format!("{:.1} (input tokens)", self.tokens_per_s),
+        );
+        row(
+            "peak RSS (VmHWM)",
+            format!(
+                "{:.0} MiB (process peak; {:.0} MiB after set-up, {:.0} MiB at start)",
+                self.peak_rss_mib, self.setup_peak_rss_mib, self.start_rss_mib
+            ),
+        );
+        row(
+            "last step",
+            format!(
+                "loss {:.4}, gradient norm {:.3e}",
+                self.loss, self.grad_norm
+            ),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_inputs_have_the_asked_shapes() {
+        let cfg = Shape::T5Small.config();
+        assert_eq!(
+            (cfg.num_layers, cfg.decoder_layers(), cfg.inner_dim()),
+            (6, 6, 512)
+        );
+        let cfg = Shape::T5Base.config();
+        assert_eq!(
+            (cfg.num_layers, cfg.d_model, cfg.inner_dim()),
+            (12, 768, 768)
+        );
+        let mut rng = Rng::new(1);
+        let ex = random_examples(5, 7, &cfg, &mut rng);
+        for e in &ex {
+            assert_eq!(e.input_ids.len(), 7);
+            assert_eq!(*e.input_ids.last().unwrap(), 1);
+            assert!((2..=4).contains(&e.label_ids.len()));
+            assert!(e.input_ids[..6].iter().all(|&i| i >= 3));
+        }
+        let ept = BenchSettings::new(Shape::T5Small, BenchMethod::Ept);
+        let b = ept.prompt_config().unwrap().budget(512).unwrap();
+        assert_eq!((b.s, b.r, b.m), (60, 30, 128));
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+}

@@ -1,0 +1,265 @@
+//! `ept train`: train a prompt on a task or on JSONL files, writing a run folder.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use ept::data::readers::Caches;
+use ept::data::splits::Split;
+use ept::data::{Purpose, Task, load_split, load_user_file};
+use ept::evaluate::Scoring;
+use ept::prompt::{FusionReading, Method, PromptConfig, PromptInit};
+use ept::train::run::{RunData, TrainConfig, run_dir, train};
+use ept::train::schedule::Schedule;
+use ept::{Error, Result};
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics); data from --data or the HF caches.
+    #[arg(long)]
+    task: Option<String>,
+    /// The task's data folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Your own task: JSONL files of {"source","target"} (with --validation-file, optional --test-file).
+    #[arg(long)]
+    train_file: Option<PathBuf>,
+    #[arg(long)]
+    validation_file: Option<PathBuf>,
+    #[arg(long)]
+    test_file: Option<PathBuf>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N validation / test examples.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// pt, dept or ept.
+    #[arg(long, default_value = "ept")]
+    method: String,
+    /// Long prompt length l (the budget).
+    #[arg(long, default_value_t = 100)]
+    l: usize,
+    /// Short prompt length s (default 60, or solved from --r).
+    #[arg(long)]
+    s: Option<usize>,
+    /// Rank r (default: solved from the budget).
+    #[arg(long)]
+    r: Option<usize>,
+    /// Maximum input length m (rows of A·B).
+    #[arg(long, default_value_t = 256)]
+    m: usize,
+    /// Number of spaces N_e.
+    #[arg(long, default_value_t = 4)]
+    num_experts: usize,
+    /// Fusion reading: off, literal, prompt-softmax, cross-attention.
+    #[arg(long, default_value = "cross-attention")]
+    fusion: String,
+    /// EPT ablation: no decomposition (no A, B).
+    #[arg(long)]
+    no_decomposition: bool,
+    /// EPT ablation: no multi-space projection.
+    #[arg(long)]
+    no_multi_space: bool,
+    /// Prompt init: vocab, random, or text:SOME WORDS.
+    #[arg(long, default_value = "vocab")]
+    init: String,
+    #[arg(long, default_value_t = 0.3)]
+    lr_prompt: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    lr_low_rank: f64,
+    /// Learning rate of the experts and gate (default: the prompt's).
+    #[arg(long)]
+    lr_aux: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// linear, constant or cosine (after warm-up).
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    #[arg(long, default_value_t = 500)]
+    warmup_steps: u64,
+    #[arg(long, default_value_t = 30_000)]
+    max_steps: u64,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Token budget per batch instead of a fixed example count.
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Gradient-norm clipping (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 1000)]
+    eval_every: u64,
+    /// Pad every input to m, as the paper's runs do.
+    #[arg(long)]
+    pad_to_max: bool,
+    /// Validation predictions: generate or rank.
+    #[arg(long, default_value = "generate")]
+    scoring: String,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Run name: the folder runs/NAME.
+    #[arg(long)]
+    name: Option<String>,
+    /// Parent folder of runs (default ./runs).
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Replace an existing run folder.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print one JSON line per step instead of a progress line.
+    #[arg(long)]
+    json: bool,
+    /// Print only the final results.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn load_data(args: &TrainArgs) -> Result<RunData> {
+    let limit = |mut v: Vec<ept::data::Example>, n: Option<usize>| {
+        if let Some(n) = n {
+            v.truncate(n);
+        }
+        v
+    };
+    if let Some(task) = &args.task {
+        let task = Task::parse(task)?;
+        let caches = Caches::from_env();
+        let dir = args.data.as_deref();
+        let get = |s: Split, p: Purpose| load_split(task, s, dir, &caches, p).map(|l| l.examples);
+        return Ok(RunData {
+            task: Some(task),
+            train: limit(get(Split::Train, Purpose::Train)?, args.train_limit),
+            validation: limit(get(Split::Validation, Purpose::Eval)?, args.eval_limit),
+            test: limit(get(Split::Test, Purpose::Eval)?, args.eval_limit),
+        });
+    }
+    match (&args.train_file, &args.validation_file) {
+        (Some(t), Some(v)) => Ok(RunData {
+            task: None,
+            train: limit(load_user_file(t)?, args.train_limit),
+            validation: limit(load_user_file(v)?, args.eval_limit),
+            test: match &args.test_file {
+                Some(f) => limit(load_user_file(f)?, args.eval_limit),
+                None => Vec::new(),
+            },
+        }),
+        _ => Err(Error::invalid(
+            "give --task TASK [--data DIR], or --train-file and --validation-file",
+        )),
+    }
+}
+
+fn prompt_config(args: &TrainArgs) -> Result<PromptConfig> {
+    let method = Method::parse(&args.method)?;
+    let mut p = PromptConfig::new(method);
+    p.l = args.l;
+    p.s = args.s;
+    p.r = args.r;
+    p.m = args.m;
+    p.num_experts = args.num_experts;
+    if method == Method::Ept {
+        p.fusion = FusionReading::parse(&args.fusion)?;
+        p.decomposition = !args.no_decomposition;
+        p.multi_space = !args.no_multi_space;
+    }
+    p.init = match args.init.as_str() {
+        "vocab" => PromptInit::Vocab,
+        "random" => PromptInit::Random,
+        t if t.starts_with("text:") => PromptInit::Text(t["text:".len()..].to_string()),
+        other => {
+            return Err(Error::invalid(format!(
+                "unknown --init `{other}`: expected vocab, random or text:WORDS"
+            )));
+        }
+    };
+    p.seed = args.seed;
+    Ok(p)
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let prompt = prompt_config(&args)?;
+    let mut cfg = TrainConfig::new(prompt);
+    cfg.lr_prompt = args.lr_prompt;
+    cfg.lr_low_rank = args.lr_low_rank;
+    cfg.lr_aux = args.lr_aux;
+    cfg.weight_decay = args.weight_decay;
+    cfg.schedule = Schedule::parse(&args.schedule)?;
+    cfg.warmup_steps = args.warmup_steps;
+    cfg.max_steps = args.max_steps;
+    cfg.batch_size = args.batch_size;
+    cfg.max_batch_tokens = args.max_batch_tokens;
+    cfg.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
+    cfg.eval_every = args.eval_every;
+    cfg.pad_to_max = args.pad_to_max;
+    cfg.scoring = Scoring::parse(&args.scoring)?;
+    cfg.seed = args.seed;
+    cfg.validate()?;
+
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            args.task.as_deref().unwrap_or("custom"),
+            args.method
+        )
+    });
+    let dir = run_dir(&name, args.runs_dir.as_deref());
+    if dir.exists() && !args.overwrite {
+        return Err(Error::invalid(format!(
+            "{}: the run folder exists; pass --overwrite to replace it, or --name for another",
+            dir.display()
+        )));
+    }
+    let data = load_data(&args)?;
+    let backbone = args.model.load(true)?;
+    let (json, quiet) = (args.json, args.quiet);
+    let total = cfg.max_steps;
+    let mut on_step = |log: &ept::train::run::StepLog| {
+        if json {
+            println!("{}", serde_json::to_string(log).expect("serialisable"));
+        } else if !quiet {
+            let val = log
+                .validation
+                .as_ref()
+                .map(|v| format!("  validation {:.2} (loss {:.4})", v.selection, v.loss))
+                .unwrap_or_default();
+            if log.validation.is_some() || log.step == 1 || log.step % 10 == 0 {
+                eprintln!(
+                    "step {:>6}/{total}  loss {:.4}  lr {:.3e}  |g| {:.3}  {:.0} tok/s{val}",
+                    log.step, log.loss, log.lr_prompt, log.grad_norm, log.tokens_per_s
+                );
+            }
+        }
+    };
+    let result = train(
+        &cfg,
+        &backbone,
+        &data,
+        &dir,
+        &args.model.model,
+        &mut on_step,
+    )?;
+    let summary = serde_json::json!({"run": dir, "results": result});
+    if json {
+        println!("{summary}");
+    } else {
+        println!("run folder      {}", dir.display());
+        println!("best step       {}", result.best_step);
+        println!("validation      {:?}", result.validation.metrics);
+        if let Some(t) = &result.test {
+            println!("test            {:?}", t.metrics);
+        }
+        println!(
+            "parameters      prompt {} + low-rank {} (+ auxiliary {}, discarded)",
+            result.params_prompt, result.params_low_rank, result.params_auxiliary
+        );
+        println!(
+            "time            {:.1} s ({:.2} steps/s)",
+            result.wall_seconds, result.steps_per_second
+        );
+    }
+    Ok(())
+}

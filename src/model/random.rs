@@ -1,0 +1,194 @@
+//! A T5 with random weights of a config's shapes: for benchmarks and tests that
+//! need the real architecture's cost but no checkpoint on disk.
+//!
+//! Every matrix is drawn from N(0, 0.05²); the RMS-norm weights are 1. Weights
+//! are laid out exactly as [`T5::from_weights`] lays out a loaded checkpoint
+//! (dense weights drawn `[out, in]` and transposed to a `[in, out]` view, a tied
+//! head that is the shared embedding's transpose), so a forward or backward
+//! pass costs what it costs on real weights.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+
+use super::config::{FeedForwardKind, T5Config};
+use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, Linear, RmsNorm, T5};
+use crate::io::weights::{FloatType, tensor_from_f32};
+use crate::rng::Rng;
+
+/// Standard deviation of every random weight.
+const STD: f64 = 0.05;
+
+/// Draws the weights in a fixed order from one seeded generator.
+struct Init<'a> {
+    rng: Rng,
+    dtype: FloatType,
+    device: &'a Device,
+}
+
+impl Init<'_> {
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (self.rng.normal() * STD) as f32).collect()
+    }
+
+    fn matrix(&mut self, rows: usize, cols: usize) -> Tensor<2> {
+        let v = self.values(rows * cols);
+        tensor_from_f32(v, [rows, cols], self.dtype, self.device)
+    }
+
+    /// A dense layer `d_in -> d_out`, stored as a loaded one is: `[out, in]` transposed.
+    fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
+        Linear {
+            weight: self.matrix(d_out, d_in).transpose(),
+        }
+    }
+
+    fn norm(&mut self, d: usize, eps: f64) -> RmsNorm {
+        RmsNorm {
+            weight: tensor_from_f32(vec![1.0; d], [d], self.dtype, self.device),
+            eps,
+        }
+    }
+
+    fn attention(&mut self, cfg: &T5Config, with_bias: bool) -> Attention {
+        let (d, inner) = (cfg.d_model, cfg.inner_dim());
+        let relative_bias =
+            with_bias.then(|| self.matrix(cfg.relative_attention_num_buckets, cfg.num_heads));
+        Attention {
+            q: self.linear(d, inner),
+            k: self.linear(d, inner),
+            v: self.linear(d, inner),
+            o: self.linear(inner, d),
+            relative_bias,
+            n_heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+        }
+    }
+
+    fn feed_forward(&mut self, cfg: &T5Config, kind: FeedForwardKind) -> FeedForward {
+        let (d, f) = (cfg.d_model, cfg.d_ff);
+        FeedForward {
+            wi: self.linear(d, f),
+            wi_gate: kind.gated.then(|| self.linear(d, f)),
+            wo: self.linear(f, d),
+            act: kind.act,
+        }
+    }
+}
+
+impl T5 {
+    /// A T5 of `config`'s shapes with random weights (N(0, 0.05²), norms 1),
+    /// deterministic in `seed`. The head is tied to the shared embedding unless
+    /// the config says `tie_word_embeddings: false`.
+    ///
+    /// Panics if the config's `feed_forward_proj` is not one [`T5Config`] accepts.
+    pub fn random(config: T5Config, seed: u64, dtype: FloatType, device: &Device) -> T5 {
+        let kind = config
+            .feed_forward(Path::new("<random T5 config>"))
+            .expect("a random T5 needs a valid feed_forward_proj");
+        let mut init = Init {
+            rng: Rng::new(seed),
+            dtype,
+            device,
+        };
+        let cfg = &config;
+        let (d, v, eps) = (cfg.d_model, cfg.vocab_size, cfg.layer_norm_epsilon);
+        let shared = init.matrix(v, d);
+        let encoder = (0..cfg.num_layers)
+            .map(|i| EncoderBlock {
+                attn_norm: init.norm(d, eps),
+                attn: init.attention(cfg, i == 0),
+                ff_norm: init.norm(d, eps),
+                ff: init.feed_forward(cfg, kind),
+            })
+            .collect();
+        let decoder = (0..cfg.decoder_layers())
+            .map(|i| DecoderBlock {
+                self_norm: init.norm(d, eps),
+                self_attn: init.attention(cfg, i == 0),
+                cross_norm: init.norm(d, eps),
+                cross_attn: init.attention(cfg, false),
+                ff_norm: init.norm(d, eps),
+                ff: init.feed_forward(cfg, kind),
+            })
+            .collect();
+        let encoder_norm = init.norm(d, eps);
+        let decoder_norm = init.norm(d, eps);
+        let (lm_head, tied_head) = if cfg.tie_word_embeddings {
+            (shared.clone().transpose(), true)
+        } else {
+            (init.matrix(v, d).transpose(), false)
+        };
+        T5 {
+            config,
+            shared,
+            encoder,
+            encoder_norm,
+            decoder,
+            decoder_norm,
+            lm_head,
+            tied_head,
+            dtype,
+            device: device.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    use super::*;
+    use crate::model::t5::token_loss_sums;
+
+    fn tiny(ff: &str, tied: bool) -> T5Config {
+        serde_json::from_value(serde_json::json!({
+            "model_type": "t5",
+            "vocab_size": 50,
+            "d_model": 16,
+            "d_kv": 4,
+            "d_ff": 24,
+            "num_layers": 2,
+            "num_decoder_layers": 1,
+            "num_heads": 2,
+            "feed_forward_proj": ff,
+            "tie_word_embeddings": tied,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tiny_random_t5_gives_a_finite_loss() {
+        let device = crate::runtime::cpu_device(false);
+        for (ff, tied) in [("relu", true), ("gated-gelu", false)] {
+            let model = T5::random(tiny(ff, tied), 7, FloatType::F32, &device);
+            assert_eq!(model.encoder.len(), 2);
+            assert_eq!(model.decoder.len(), 1);
+            assert_eq!(model.tied_head, tied);
+            let ids = |v: Vec<i64>, t: usize| {
+                Tensor::<2, Int>::from_data(TensorData::new(v, [2, t]), &device)
+            };
+            let input = ids(vec![5, 9, 13, 1, 7, 3, 1, 0], 4);
+            let mask = Tensor::<2>::from_data(
+                TensorData::new(vec![1f32, 1., 1., 1., 1., 1., 1., 0.], [2, 4]),
+                &device,
+            );
+            let enc = model.encode_embeds(model.embed(input), &mask);
+            let logits = model.decode(ids(vec![0, 11, 0, 4], 2), enc, &mask);
+            assert_eq!(logits.dims(), [2, 2, 50]);
+            let label_mask = Tensor::<2>::ones([2, 2], &device);
+            let sums = token_loss_sums(logits, ids(vec![11, 1, 4, 1], 2), label_mask);
+            let loss = crate::tensors::to_f32_vec(sums).iter().sum::<f32>() / 4.0;
+            assert!(loss.is_finite() && loss > 0.0, "{ff}: loss {loss}");
+            // Random logits are near-uniform: the loss is close to ln(vocab).
+            assert!((loss - 50f32.ln()).abs() < 1.0, "{ff}: loss {loss}");
+        }
+        // Deterministic in the seed.
+        let a = T5::random(tiny("relu", true), 3, FloatType::F32, &device);
+        let b = T5::random(tiny("relu", true), 3, FloatType::F32, &device);
+        assert_eq!(
+            crate::tensors::to_f32_vec(a.shared.clone()),
+            crate::tensors::to_f32_vec(b.shared.clone())
+        );
+    }
+}

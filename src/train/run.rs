@@ -1,0 +1,390 @@
+//! The training loop: batches, AdamW groups, schedule, clipping, periodic
+//! validation with the task's selection metric, best and last checkpoints.
+//!
+//! Only the prompt's tensors are tracked by autodiff; the backbone's weights
+//! are plain tensors, so no weight gradient is ever computed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Tensor;
+
+use super::optim::{AdamW, AdamWConfig, GroupSettings, clip_grad_norm};
+use super::schedule::Schedule;
+use crate::data::batching::{BatchSize, epoch_batches};
+use crate::data::{Example, Task};
+use crate::error::{Error, Result};
+use crate::evaluate::{Scoring, batch_loss_sums, corpus_loss, predict, tokenize_pairs};
+use crate::model::Backbone;
+use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
+use crate::prompt::checkpoint::{self, PromptMeta};
+use crate::prompt::{ParamGroup, PromptConfig, SoftPrompt, build_prompt};
+use crate::rng::Rng;
+
+/// Everything a run needs besides the model and the data.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub prompt: PromptConfig,
+    /// Learning rate of P / P_s.
+    pub lr_prompt: f64,
+    /// Learning rate of A and B.
+    pub lr_low_rank: f64,
+    /// Learning rate of experts, gate (EPT); `None` = the prompt's.
+    pub lr_aux: Option<f64>,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub max_steps: u64,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Cap on padded input tokens per batch (token-budget batching) instead of a fixed count.
+    pub max_batch_tokens: Option<usize>,
+    pub max_grad_norm: Option<f64>,
+    /// Validate every N steps (0: only at the end).
+    pub eval_every: u64,
+    /// Pad every input to m (the paper's fixed-length runs) instead of to the batch's longest.
+    pub pad_to_max: bool,
+    pub scoring: Scoring,
+    pub eval_batch_size: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn new(prompt: PromptConfig) -> Self {
+        TrainConfig {
+            prompt,
+            lr_prompt: 0.3,
+            lr_low_rank: 1e-4,
+            lr_aux: None,
+            weight_decay: 0.0,
+            schedule: Schedule::Linear,
+            warmup_steps: 500,
+            max_steps: 30_000,
+            batch_size: 16,
+            max_batch_tokens: None,
+            max_grad_norm: Some(1.0),
+            eval_every: 1000,
+            pad_to_max: false,
+            scoring: Scoring::Generate,
+            eval_batch_size: 32,
+            seed: 42,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, lr) in [
+            ("lr-prompt", self.lr_prompt),
+            ("lr-low-rank", self.lr_low_rank),
+        ] {
+            if lr <= 0.0 || !lr.is_finite() {
+                return Err(Error::invalid(format!(
+                    "--{name} = {lr}: a learning rate must be > 0"
+                )));
+            }
+        }
+        if let Some(lr) = self.lr_aux
+            && (lr <= 0.0 || !lr.is_finite())
+        {
+            return Err(Error::invalid(format!(
+                "--lr-aux = {lr}: a learning rate must be > 0"
+            )));
+        }
+        if self.batch_size == 0 || self.max_steps == 0 {
+            return Err(Error::invalid(
+                "--batch-size and --max-steps must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    fn group(&self, g: ParamGroup) -> GroupSettings {
+        let lr = match g {
+            ParamGroup::Prompt => self.lr_prompt,
+            ParamGroup::LowRank => self.lr_low_rank,
+            ParamGroup::Auxiliary => self.lr_aux.unwrap_or(self.lr_prompt),
+        };
+        GroupSettings {
+            lr,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// The data of a run: formatted examples per split, and the task if any (it picks the metrics).
+pub struct RunData {
+    pub task: Option<Task>,
+    pub train: Vec<Example>,
+    pub validation: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+/// Validation or test scores.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Scores {
+    pub loss: f64,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The value that picks the best checkpoint (higher is better).
+    pub selection: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub loss: f64,
+    pub lr_prompt: f64,
+    pub lr_low_rank: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Scores>,
+}
+
+/// The outcome of a run (`results.json`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunResult {
+    pub best_step: u64,
+    pub validation: Scores,
+    pub test: Option<Scores>,
+    pub params_prompt: usize,
+    pub params_low_rank: usize,
+    pub params_auxiliary: usize,
+    pub steps: u64,
+    pub wall_seconds: f64,
+    pub steps_per_second: f64,
+}
+
+/// Scores `examples` with `prompt`: loss, the task's metrics (or exact match
+/// for a plain JSONL task) and the selection value.
+pub fn score_split(
+    backbone: &Backbone,
+    prompt: &SoftPrompt,
+    task: Option<Task>,
+    examples: &[Example],
+    cfg: &TrainConfig,
+) -> Result<Scores> {
+    let tokenized = tokenize_pairs(&backbone.tokenizer, examples, Some(cfg.prompt.m))?;
+    let loss = corpus_loss(&backbone.model, prompt, &tokenized, cfg.eval_batch_size).loss;
+    let labels = task.and_then(|t| t.labels());
+    let scoring = if labels.is_none() {
+        Scoring::Generate
+    } else {
+        cfg.scoring
+    };
+    let preds = predict(
+        &backbone.model,
+        &backbone.tokenizer,
+        prompt,
+        &tokenized,
+        scoring,
+        labels,
+        cfg.eval_batch_size,
+    )?;
+    let (metrics, selection) = match task {
+        Some(t) => {
+            let m = crate::metrics::score(t, &preds, examples)?;
+            let sel = crate::metrics::selection_score(t, &m).unwrap_or(f64::NAN);
+            (m, sel)
+        }
+        None => {
+            let correct = preds
+                .iter()
+                .zip(examples)
+                .filter(|(p, e)| p.trim() == e.target.trim())
+                .count();
+            let acc = 100.0 * correct as f64 / examples.len().max(1) as f64;
+            (
+                std::iter::once(("exact_match".to_string(), acc)).collect(),
+                acc,
+            )
+        }
+    };
+    Ok(Scores {
+        loss,
+        metrics,
+        selection,
+    })
+}
+
+/// Appends one JSON line to `path`.
+fn append_line(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{}", serde_json::to_string(value).expect("serialisable"))
+        .map_err(|e| Error::io(path, e))
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    crate::error::write_atomic(
+        path,
+        serde_json::to_string_pretty(value)
+            .expect("serialisable")
+            .as_bytes(),
+    )
+}
+
+/// Trains a prompt on `data`, writing the run folder `run_dir`. `on_step`
+/// receives every step's log (for progress display).
+pub fn train(
+    cfg: &TrainConfig,
+    backbone: &Backbone,
+    data: &RunData,
+    run_dir: &Path,
+    model_id: &str,
+    on_step: &mut dyn FnMut(&StepLog),
+) -> Result<RunResult> {
+    cfg.validate()?;
+    if data.train.is_empty() || data.validation.is_empty() {
+        return Err(Error::invalid(
+            "training needs non-empty train and validation sets",
+        ));
+    }
+    let device = backbone.model.device().clone();
+    if !device.is_autodiff() {
+        return Err(Error::invalid(
+            "train: the backbone must be loaded on an autodiff device",
+        ));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    write_json(&run_dir.join("config.json"), cfg)?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let _ = std::fs::remove_file(&metrics_path);
+
+    let mut prompt =
+        build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?.to_device(&device, true);
+    let groups: Vec<(ParamGroup, GroupSettings)> = prompt
+        .params()
+        .iter()
+        .map(|(_, g, _)| (*g, cfg.group(*g)))
+        .collect();
+    let mut optim = AdamW::new(AdamWConfig::default(), groups.len());
+    let mut rng = Rng::new(cfg.seed);
+    let train = tokenize_pairs(&backbone.tokenizer, &data.train, Some(cfg.prompt.m))?;
+    let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
+    let size = match cfg.max_batch_tokens {
+        Some(t) => BatchSize::Tokens(t),
+        None => BatchSize::Examples(cfg.batch_size),
+    };
+    let meta = PromptMeta {
+        method: cfg.prompt.method.name().to_string(),
+        materialized: false,
+        model: model_id.to_string(),
+        d_model: backbone.model.d_model(),
+        l: cfg.prompt.l,
+    };
+    let pad_to = if cfg.pad_to_max { cfg.prompt.m } else { 0 };
+    let mc = &backbone.model.config;
+    let mut queue: Vec<Vec<usize>> = Vec::new();
+    let mut best: Option<(u64, Scores)> = None;
+    let started = Instant::now();
+    for step in 0..cfg.max_steps {
+        if queue.is_empty() {
+            queue = epoch_batches(&lengths, size, true, &mut rng);
+            queue.reverse();
+        }
+        let idx = queue.pop().expect("non-empty epoch");
+        let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
+        let t0 = Instant::now();
+        let batch =
+            Seq2SeqBatch::padded_to(&rows, mc.pad_id(), mc.decoder_start_id(), pad_to, &device);
+        let loss = batch_loss_sums(&backbone.model, &prompt, &batch).sum() / batch.n_tokens as f64;
+        let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+        if !loss_value.is_finite() {
+            return Err(Error::Numeric(format!(
+                "step {step}: the loss is {loss_value}; the last good prompt is in {}",
+                run_dir.join("last").display()
+            )));
+        }
+        let grads = loss.backward();
+        let mut g: Vec<Option<Tensor<2>>> = prompt
+            .params()
+            .iter()
+            .map(|(_, _, t)| t.grad(&grads))
+            .collect();
+        let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
+        let factor = cfg.schedule.factor(step, cfg.warmup_steps, cfg.max_steps);
+        let current: Vec<Tensor<2>> = prompt
+            .params()
+            .iter()
+            .map(|(_, _, t)| (*t).clone().inner())
+            .collect();
+        let updated = optim.step(current, g, &groups, factor);
+        for (slot, new) in prompt.params_mut().into_iter().zip(updated) {
+            *slot = new.autodiff().require_grad();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut log = StepLog {
+            step: step + 1,
+            loss: loss_value,
+            lr_prompt: cfg.lr_prompt * factor,
+            lr_low_rank: cfg.lr_low_rank * factor,
+            grad_norm,
+            tokens_per_s: (batch.input_len * rows.len()) as f64 / secs.max(1e-9),
+            validation: None,
+        };
+        let last = step + 1 == cfg.max_steps;
+        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+            let scores = score_split(backbone, &prompt, data.task, &data.validation, cfg)?;
+            checkpoint::save(
+                &run_dir.join("last").join("prompt.safetensors"),
+                &prompt,
+                &meta,
+            )?;
+            // Ties on the metric (common early on) go to the lower validation loss.
+            let better = best.as_ref().is_none_or(|(_, b)| {
+                scores.selection > b.selection
+                    || (scores.selection == b.selection && scores.loss < b.loss)
+            });
+            if better {
+                checkpoint::save(
+                    &run_dir.join("best").join("prompt.safetensors"),
+                    &prompt,
+                    &meta,
+                )?;
+                best = Some((step + 1, scores.clone()));
+            }
+            log.validation = Some(scores);
+        }
+        append_line(&metrics_path, &log)?;
+        on_step(&log);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (best_step, validation) = best.expect("validated at the last step");
+    let best_path = run_dir.join("best").join("prompt.safetensors");
+    let test = if data.test.is_empty() {
+        None
+    } else {
+        let (best_prompt, _) = checkpoint::load(&best_path, &device)?;
+        Some(score_split(
+            backbone,
+            &best_prompt,
+            data.task,
+            &data.test,
+            cfg,
+        )?)
+    };
+    let result = RunResult {
+        best_step,
+        validation,
+        test,
+        params_prompt: prompt.count(ParamGroup::Prompt),
+        params_low_rank: prompt.count(ParamGroup::LowRank),
+        params_auxiliary: prompt.count(ParamGroup::Auxiliary),
+        steps: cfg.max_steps,
+        wall_seconds: wall,
+        steps_per_second: cfg.max_steps as f64 / wall.max(1e-9),
+    };
+    write_json(&run_dir.join("results.json"), &result)?;
+    Ok(result)
+}
+
+/// `runs/<name>` unless a folder is given.
+pub fn run_dir(name: &str, root: Option<&Path>) -> PathBuf {
+    root.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("runs"))
+        .join(name)
+}

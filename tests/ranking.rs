@@ -1,0 +1,61 @@
+//! Rank classification picks the label whose loss is lowest, and never an invalid label.
+
+mod common;
+
+use ept::evaluate::{Scoring, example_loss_sums, predict, rank_options};
+use ept::model::Backbone;
+use ept::model::batch::TokenizedExample;
+use ept::prompt::NoPrompt;
+
+#[test]
+fn ranking_agrees_with_per_option_losses() {
+    let b = Backbone::load(
+        &common::model_dir("gated-untied"),
+        None,
+        &ept::runtime::cpu_device(false),
+    )
+    .unwrap();
+    let examples = ept::data::load_user_file(&common::fixtures().join("data.jsonl")).unwrap();
+    let inputs: Vec<Vec<u32>> = examples
+        .iter()
+        .map(|e| b.tokenizer.encode(&e.source, None).unwrap())
+        .collect();
+    let labels = ["yes", "no", "maybe so"];
+    let options: Vec<Vec<u32>> = labels
+        .iter()
+        .map(|l| b.tokenizer.encode(l, None).unwrap())
+        .collect();
+    let best = rank_options(&b.model, &NoPrompt, &inputs, &options, 4);
+    for (i, input) in inputs.iter().enumerate() {
+        let per_option: Vec<TokenizedExample> = options
+            .iter()
+            .map(|o| TokenizedExample {
+                input_ids: input.clone(),
+                label_ids: o.clone(),
+            })
+            .collect();
+        let nll = example_loss_sums(&b.model, &NoPrompt, &per_option, 1);
+        let want = (0..nll.len())
+            .min_by(|&a, &c| nll[a].total_cmp(&nll[c]))
+            .unwrap();
+        assert_eq!(best[i], want, "example {i}: {nll:?}");
+    }
+    let tokenized: Vec<TokenizedExample> = inputs
+        .iter()
+        .map(|i| TokenizedExample {
+            input_ids: i.clone(),
+            label_ids: vec![1],
+        })
+        .collect();
+    let preds = predict(
+        &b.model,
+        &b.tokenizer,
+        &NoPrompt,
+        &tokenized,
+        Scoring::Rank,
+        Some(&labels),
+        3,
+    )
+    .unwrap();
+    assert!(preds.iter().all(|p| labels.contains(&p.as_str())));
+}
