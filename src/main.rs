@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     ept::runtime::tune_allocator();
+    ept::runtime::default_sigpipe();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

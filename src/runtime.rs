@@ -29,3 +29,20 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// Restores the default SIGPIPE action, so `ept tasks show ... | head` ends
+/// quietly like other Unix tools instead of panicking on a closed pipe.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        // SAFETY: resetting a signal to its default action at start-up, before any threads exist.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}

@@ -44,7 +44,7 @@ enum Command {
 }
 
 /// Where the frozen model comes from.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelArgs {
     /// A folder as `save_pretrained` writes it, or a hub id found in the local Hugging Face cache.
     #[arg(long)]

@@ -14,10 +14,21 @@ use ept::{Error, Result};
 
 use super::ModelArgs;
 
-#[derive(Args)]
+#[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// Continue the run in this folder from its last checkpoint (all other flags are read from it).
+    #[arg(long, conflicts_with_all = ["task", "train_file"])]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// A folder as `save_pretrained` writes it, or a hub id found in the local Hugging Face cache.
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<String>,
+    /// Branch, tag or commit of a hub id in the cache.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Compute dtype of the frozen model: f32 (default) or bf16. Prompts always train in f32.
+    #[arg(long)]
+    dtype: Option<String>,
     /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics); data from --data or the HF caches.
     #[arg(long)]
     task: Option<String>,
@@ -96,6 +107,9 @@ pub struct TrainArgs {
     /// Pad every input to m, as the paper's runs do.
     #[arg(long)]
     pad_to_max: bool,
+    /// Write the resumable checkpoint every N steps too (0: at validations only).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
     /// Validation predictions: generate or rank.
     #[arg(long, default_value = "generate")]
     scoring: String,
@@ -115,6 +129,7 @@ pub struct TrainArgs {
     json: bool,
     /// Print only the final results.
     #[arg(long)]
+    #[serde(skip)]
     quiet: bool,
 }
 
@@ -180,7 +195,27 @@ fn prompt_config(args: &TrainArgs) -> Result<PromptConfig> {
     Ok(p)
 }
 
+/// The flags of the run in `dir`, as it saved them.
+fn saved_args(dir: &std::path::Path) -> Result<TrainArgs> {
+    let path = dir.join("args.json");
+    let text = ept::error::read_to_string(&path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path,
+        line: Some(e.line()),
+        msg: e.to_string(),
+    })
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
+    let resume = args.resume.clone();
+    let args = match &resume {
+        Some(dir) => TrainArgs {
+            json: args.json,
+            quiet: args.quiet,
+            ..saved_args(dir)?
+        },
+        None => args,
+    };
     let prompt = prompt_config(&args)?;
     let mut cfg = TrainConfig::new(prompt);
     cfg.lr_prompt = args.lr_prompt;
@@ -196,6 +231,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     cfg.eval_every = args.eval_every;
     cfg.pad_to_max = args.pad_to_max;
     cfg.scoring = Scoring::parse(&args.scoring)?;
+    cfg.save_every = args.save_every;
     cfg.seed = args.seed;
     cfg.validate()?;
 
@@ -206,15 +242,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.method
         )
     });
-    let dir = run_dir(&name, args.runs_dir.as_deref());
-    if dir.exists() && !args.overwrite {
+    let dir = match &resume {
+        Some(d) => d.clone(),
+        None => run_dir(&name, args.runs_dir.as_deref()),
+    };
+    if resume.is_none() && dir.exists() && !args.overwrite {
         return Err(Error::invalid(format!(
             "{}: the run folder exists; pass --overwrite to replace it, or --name for another",
             dir.display()
         )));
     }
     let data = load_data(&args)?;
-    let backbone = args.model.load(true)?;
+    let model = ModelArgs {
+        model: args.model.clone().unwrap_or_default(),
+        revision: args.revision.clone(),
+        dtype: args.dtype.clone(),
+    };
+    let backbone = model.load(true)?;
+    if resume.is_none() {
+        if args.overwrite && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let json = serde_json::to_string_pretty(&args).expect("flags serialise");
+        ept::error::write_atomic(dir.join("args.json"), json.as_bytes())?;
+    }
     let (json, quiet) = (args.json, args.quiet);
     let total = cfg.max_steps;
     let mut on_step = |log: &ept::train::run::StepLog| {
@@ -239,7 +291,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &backbone,
         &data,
         &dir,
-        &args.model.model,
+        &model.model,
+        resume.is_some(),
         &mut on_step,
     )?;
     let summary = serde_json::json!({"run": dir, "results": result});

@@ -3,3 +3,4 @@
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod state;

@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 
 use super::optim::{AdamW, AdamWConfig, GroupSettings, clip_grad_norm};
 use super::schedule::Schedule;
+use super::state::{LoopState, load_last, save_last};
 use crate::data::batching::{BatchSize, epoch_batches};
 use crate::data::{Example, Task};
 use crate::error::{Error, Result};
@@ -46,6 +47,8 @@ pub struct TrainConfig {
     pub pad_to_max: bool,
     pub scoring: Scoring,
     pub eval_batch_size: usize,
+    /// Also write the resumable `last/` checkpoint every N steps (0: only at validations).
+    pub save_every: u64,
     pub seed: u64,
 }
 
@@ -67,6 +70,7 @@ impl TrainConfig {
             pad_to_max: false,
             scoring: Scoring::Generate,
             eval_batch_size: 32,
+            save_every: 0,
             seed: 42,
         }
     }
@@ -119,7 +123,7 @@ pub struct RunData {
 }
 
 /// Validation or test scores.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Scores {
     pub loss: f64,
     pub metrics: std::collections::BTreeMap<String, f64>,
@@ -218,6 +222,24 @@ fn append_line(path: &Path, value: &impl serde::Serialize) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Drops the lines of steps after `step` (they are redone by a resumed run).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::error::write_atomic(path, kept.as_bytes())
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     crate::error::write_atomic(
         path,
@@ -235,6 +257,7 @@ pub fn train(
     data: &RunData,
     run_dir: &Path,
     model_id: &str,
+    resume: bool,
     on_step: &mut dyn FnMut(&StepLog),
 ) -> Result<RunResult> {
     cfg.validate()?;
@@ -250,19 +273,31 @@ pub fn train(
         ));
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    write_json(&run_dir.join("config.json"), cfg)?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics_path);
-
-    let mut prompt =
-        build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?.to_device(&device, true);
-    let groups: Vec<(ParamGroup, GroupSettings)> = prompt
+    let fresh = build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?;
+    let groups: Vec<(ParamGroup, GroupSettings)> = fresh
         .params()
         .iter()
         .map(|(_, g, _)| (*g, cfg.group(*g)))
         .collect();
     let mut optim = AdamW::new(AdamWConfig::default(), groups.len());
-    let mut rng = Rng::new(cfg.seed);
+    let (prompt, mut state) = if resume {
+        let (p, s) = load_last(run_dir, &mut optim, &device)?;
+        truncate_metrics(&metrics_path, s.step)?;
+        (p, s)
+    } else {
+        write_json(&run_dir.join("config.json"), cfg)?;
+        let _ = std::fs::remove_file(&metrics_path);
+        let state = LoopState {
+            step: 0,
+            rng: Rng::new(cfg.seed),
+            queue: Vec::new(),
+            best: None,
+            optimizer_step: 0,
+        };
+        (fresh, state)
+    };
+    let mut prompt = prompt.to_device(&device, true);
     let train = tokenize_pairs(&backbone.tokenizer, &data.train, Some(cfg.prompt.m))?;
     let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
     let size = match cfg.max_batch_tokens {
@@ -278,15 +313,14 @@ pub fn train(
     };
     let pad_to = if cfg.pad_to_max { cfg.prompt.m } else { 0 };
     let mc = &backbone.model.config;
-    let mut queue: Vec<Vec<usize>> = Vec::new();
-    let mut best: Option<(u64, Scores)> = None;
     let started = Instant::now();
-    for step in 0..cfg.max_steps {
-        if queue.is_empty() {
-            queue = epoch_batches(&lengths, size, true, &mut rng);
-            queue.reverse();
+    let first_step = state.step;
+    for step in first_step..cfg.max_steps {
+        if state.queue.is_empty() {
+            state.queue = epoch_batches(&lengths, size, true, &mut state.rng);
+            state.queue.reverse();
         }
-        let idx = queue.pop().expect("non-empty epoch");
+        let idx = state.queue.pop().expect("non-empty epoch");
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
         let t0 = Instant::now();
         let batch =
@@ -295,7 +329,8 @@ pub fn train(
         let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
         if !loss_value.is_finite() {
             return Err(Error::Numeric(format!(
-                "step {step}: the loss is {loss_value}; the last good prompt is in {}",
+                "step {}: the loss is {loss_value}; the last good checkpoint is in {}",
+                step + 1,
                 run_dir.join("last").display()
             )));
         }
@@ -316,6 +351,8 @@ pub fn train(
         for (slot, new) in prompt.params_mut().into_iter().zip(updated) {
             *slot = new.autodiff().require_grad();
         }
+        state.step = step + 1;
+        state.optimizer_step = optim.step;
         let secs = t0.elapsed().as_secs_f64();
         let mut log = StepLog {
             step: step + 1,
@@ -329,13 +366,8 @@ pub fn train(
         let last = step + 1 == cfg.max_steps;
         if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
             let scores = score_split(backbone, &prompt, data.task, &data.validation, cfg)?;
-            checkpoint::save(
-                &run_dir.join("last").join("prompt.safetensors"),
-                &prompt,
-                &meta,
-            )?;
             // Ties on the metric (common early on) go to the lower validation loss.
-            let better = best.as_ref().is_none_or(|(_, b)| {
+            let better = state.best.as_ref().is_none_or(|(_, b)| {
                 scores.selection > b.selection
                     || (scores.selection == b.selection && scores.loss < b.loss)
             });
@@ -345,15 +377,19 @@ pub fn train(
                     &prompt,
                     &meta,
                 )?;
-                best = Some((step + 1, scores.clone()));
+                state.best = Some((step + 1, scores.clone()));
             }
             log.validation = Some(scores);
         }
+        // The metrics line goes first: a resumed run truncates the file to its checkpoint.
         append_line(&metrics_path, &log)?;
+        if log.validation.is_some() || (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) {
+            save_last(run_dir, &prompt, &meta, &optim, &state)?;
+        }
         on_step(&log);
     }
     let wall = started.elapsed().as_secs_f64();
-    let (best_step, validation) = best.expect("validated at the last step");
+    let (best_step, validation) = state.best.clone().expect("validated at the last step");
     let best_path = run_dir.join("best").join("prompt.safetensors");
     let test = if data.test.is_empty() {
         None
@@ -376,7 +412,7 @@ pub fn train(
         params_auxiliary: prompt.count(ParamGroup::Auxiliary),
         steps: cfg.max_steps,
         wall_seconds: wall,
-        steps_per_second: cfg.max_steps as f64 / wall.max(1e-9),
+        steps_per_second: (cfg.max_steps - first_step) as f64 / wall.max(1e-9),
     };
     write_json(&run_dir.join("results.json"), &result)?;
     Ok(result)

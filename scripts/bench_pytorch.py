@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""PyTorch + transformers counterpart of `ept bench`: the same prompt-tuning step
+on a random-weight T5, timed the same way.
+
+One step: embed the batch, build the encoder input with the prompt (PT: l rows
+prepended; EPT: docs/FORMAT.md's forward pass, through `PromptModule` of
+scripts/prompt_reference.py), run T5ForConditionalGeneration with
+`inputs_embeds` and `labels` (token-mean cross-entropy), backward, and read the
+prompt's gradients (`torch.autograd.grad`, no optimiser). Every model weight
+has `requires_grad=False`; the model is in eval mode (no dropout, as in ept).
+`--method none` takes the gradient with respect to the input embeddings.
+
+    python scripts/bench_pytorch.py --shape t5-small --method pt --steps 5 --warmup 2 [--json]
+
+Reports median / min / mean step time, the forward and backward medians,
+input tokens per second at the median, and the process's peak resident memory
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`: the whole process, the Python
+interpreter and the torch libraries included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+SHAPES = {
+    # layers, d_model, heads, d_ff; d_kv 64, ReLU, vocab 32128, tied head
+    "t5-small": dict(layers=6, d=512, heads=8, d_ff=2048, batch=16, len=128),
+    "t5-base": dict(layers=12, d=768, heads=12, d_ff=3072, batch=8, len=256),
+}
+
+
+def proc_status_mib(field: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def maxrss_mib() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="t5-small")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--len", type=int)
+    p.add_argument("--method", choices=["pt", "ept", "none"], default="pt")
+    p.add_argument("--l", type=int, default=100)
+    p.add_argument("--s", type=int, default=60)
+    p.add_argument("--r", type=int, default=30)
+    p.add_argument("--num-experts", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
+                   help="transformers attention implementation (sdpa is its default)")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    shape = SHAPES[args.shape]
+    batch = args.batch or shape["batch"]
+    length = args.len or shape["len"]
+    if batch <= 0 or length <= 0 or args.steps <= 0:
+        sys.exit("bench_pytorch: batch, len and steps must be positive")
+
+    start_rss = proc_status_mib("VmRSS:")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+    import torch.nn as nn
+    import transformers
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from prompt_reference import Expert, PromptModule, init_prompt_from_vocab, svd_decompose
+
+    # Resident memory of the interpreter with torch and transformers loaded, before any model.
+    import_rss = proc_status_mib("VmRSS:")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    d = shape["d"]
+    config = T5Config(
+        vocab_size=32128, d_model=d, d_kv=64, d_ff=shape["d_ff"],
+        num_layers=shape["layers"], num_decoder_layers=shape["layers"], num_heads=shape["heads"],
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
+        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    config._attn_implementation = args.attn
+    model = T5ForConditionalGeneration(config).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    attn_impl = getattr(model.config, "_attn_implementation", args.attn)
+    frozen = sum(p.numel() for p in model.parameters())
+
+    g = torch.Generator().manual_seed(args.seed)
+    emb = model.shared.weight
+    if args.method == "pt":
+        tensors = {"prompt": init_prompt_from_vocab(emb, args.l, g)}
+        prompt = PromptModule(tensors, 1.0, "off", False)
+    elif args.method == "ept":
+        p_long = init_prompt_from_vocab(emb, args.l, g)
+        a, b, _ = svd_decompose(p_long, length, args.r)
+        tensors = {"prompt": p_long[: args.s].clone(), "lora_a": a, "lora_b": b}
+        for i in range(args.num_experts):
+            for k, v in Expert(d, length).state_dict().items():
+                tensors[f"experts.{i}.{k}"] = v
+        for k, v in nn.Linear(d, args.num_experts).state_dict().items():
+            tensors[f"gate.{k}"] = v
+        prompt = PromptModule(tensors, 1.0, "cross-attention", True)
+    else:
+        prompt = None
+    params = list(prompt.parameters()) if prompt is not None else []
+    prompt_rows = prompt.prompt.shape[0] if prompt is not None else 0
+
+    # Inputs of exactly `length` tokens (</s> last), targets of 2-4 tokens (</s> last).
+    ids = torch.randint(3, 32000, (batch, length), generator=g)
+    ids[:, -1] = 1
+    mask = torch.ones(batch, length, dtype=torch.long)
+    lens = torch.randint(2, 5, (batch,), generator=g)
+    labels = torch.full((batch, int(lens.max())), -100, dtype=torch.long)
+    for i, n in enumerate(lens.tolist()):
+        labels[i, : n - 1] = torch.randint(3, 32000, (n - 1,), generator=g)
+        labels[i, n - 1] = 1
+    n_tokens = int(lens.sum())
+    setup_peak = maxrss_mib()
+
+    def step():
+        t0 = time.perf_counter()
+        embeds = model.get_input_embeddings()(ids)
+        if prompt is None:
+            x = embeds.detach().requires_grad_(True)
+            m2, wrt = mask, [x]
+        else:
+            x, m2, _, _ = prompt.encoder_inputs(embeds, mask)
+            wrt = params
+        loss = model(inputs_embeds=x, attention_mask=m2, labels=labels).loss
+        value = loss.item()
+        t1 = time.perf_counter()
+        grads = torch.autograd.grad(loss, wrt)
+        norm = float(torch.sqrt(sum((gr.double() ** 2).sum() for gr in grads)))
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, value, norm
+
+    for _ in range(args.warmup):
+        step()
+    fwd, bwd, loss, norm = [], [], float("nan"), float("nan")
+    for _ in range(args.steps):
+        f, b_, loss, norm = step()
+        fwd.append(f)
+        bwd.append(b_)
+    steps = [f + b_ for f, b_ in zip(fwd, bwd)]
+    median = statistics.median(steps)
+    report = {
+        "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__}",
+        "settings": {
+            "shape": args.shape, "batch": batch, "len": length, "method": args.method,
+            "l": args.l, "s": args.s, "r": args.r, "num_experts": args.num_experts,
+            "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": "F32",
+        },
+        "attn_implementation": attn_impl,
+        "prompt_rows": prompt_rows,
+        "encoder_len": prompt_rows + length,
+        "target_tokens": n_tokens,
+        "frozen_params": frozen,
+        "trainable_params": sum(p.numel() for p in params),
+        "threads": torch.get_num_threads(),
+        "allocator": "glibc malloc, defaults (torch CPU allocator)",
+        "step_s": steps,
+        "median_s": median,
+        "min_s": min(steps),
+        "mean_s": statistics.fmean(steps),
+        "forward_median_s": statistics.median(fwd),
+        "backward_median_s": statistics.median(bwd),
+        "tokens_per_s": batch * length / median,
+        "start_rss_mib": start_rss,
+        "import_rss_mib": import_rss,
+        "setup_peak_rss_mib": setup_peak,
+        "peak_rss_mib": maxrss_mib(),
+        "loss": loss,
+        "grad_norm": norm,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        r = report
+        print(f"implementation         {r['implementation']} (attention: {attn_impl})")
+        print(f"shape / method         {args.shape} / {args.method}")
+        print(f"batch × len            {batch} × {length} (+{prompt_rows} prompt rows; {n_tokens} target tokens)")
+        print(f"parameters             {frozen} frozen, {r['trainable_params']} trainable")
+        print(f"threads                {r['threads']}")
+        print(f"steps                  {args.steps} measured after {args.warmup} warm-up")
+        print(f"step time              median {median:.3f} s, min {r['min_s']:.3f} s, mean {r['mean_s']:.3f} s")
+        print(f"  forward / backward   {r['forward_median_s']:.3f} s / {r['backward_median_s']:.3f} s (medians)")
+        print(f"tokens/s               {r['tokens_per_s']:.1f} (input tokens)")
+        print(f"peak RSS (ru_maxrss)   {r['peak_rss_mib']:.0f} MiB (process peak; {setup_peak:.0f} MiB after set-up, {import_rss:.0f} MiB after imports, {start_rss:.0f} MiB at start)")
+        print(f"last step              loss {loss:.4f}, gradient norm {norm:.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
