@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         "settings": {
             "shape": args.shape, "batch": batch, "len": length, "method": args.method,
             "l": args.l, "s": args.s, "r": args.r, "num_experts": args.num_experts,
-            "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": "F32",
+            "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": "f32",
         },
         "attn_implementation": attn_impl,
         "prompt_rows": prompt_rows,

@@ -3,8 +3,10 @@
 mod bench;
 mod budget;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
+mod predict;
 mod tasks;
 mod train;
 
@@ -31,6 +33,10 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Token-weighted cross-entropy of a model (and prompt) on a data set.
     Eval(eval::EvalArgs),
+    /// Write a trained prompt in PEFT's, DePT's or our materialised format.
+    Export(export::ExportArgs),
+    /// Predictions of a model with a prompt, as JSON lines.
+    Predict(predict::PredictArgs),
     /// Greedy continuation of a text.
     Generate(generate::GenerateArgs),
     /// The tasks, their metrics and split sizes; `tasks show` prints formatted rows.
@@ -80,6 +86,8 @@ pub fn run() -> Result<()> {
         Command::Budget(a) => budget::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Tasks(a) => tasks::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Predict(a) => predict::run(a),
         Command::Train(a) => train::run(*a),
     }
 }

@@ -8,6 +8,7 @@ use ept::data::splits::Split;
 use ept::data::{Purpose, Task, load_split, load_user_file};
 use ept::evaluate::Scoring;
 use ept::prompt::{FusionReading, Method, PromptConfig, PromptInit};
+use ept::train::presets::preset;
 use ept::train::run::{RunData, TrainConfig, run_dir, train};
 use ept::train::schedule::Schedule;
 use ept::{Error, Result};
@@ -48,9 +49,15 @@ pub struct TrainArgs {
     /// Use only the first N validation / test examples.
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// pt, dept or ept.
-    #[arg(long, default_value = "ept")]
-    method: String,
+    /// The paper's settings for a task: dept/TASK or ept/TASK (flags override them).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start from this prompt checkpoint (few-shot transfer from a source task).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// pt, dept or ept [default: ept].
+    #[arg(long)]
+    method: Option<String>,
     /// Long prompt length l (the budget).
     #[arg(long, default_value_t = 100)]
     l: usize,
@@ -60,9 +67,9 @@ pub struct TrainArgs {
     /// Rank r (default: solved from the budget).
     #[arg(long)]
     r: Option<usize>,
-    /// Maximum input length m (rows of A·B).
-    #[arg(long, default_value_t = 256)]
-    m: usize,
+    /// Maximum input length m (rows of A·B) [default: 256].
+    #[arg(long)]
+    m: Option<usize>,
     /// Number of spaces N_e.
     #[arg(long, default_value_t = 4)]
     num_experts: usize,
@@ -78,10 +85,12 @@ pub struct TrainArgs {
     /// Prompt init: vocab, random, or text:SOME WORDS.
     #[arg(long, default_value = "vocab")]
     init: String,
-    #[arg(long, default_value_t = 0.3)]
-    lr_prompt: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    lr_low_rank: f64,
+    /// Learning rate of the prompt [default: 0.3].
+    #[arg(long)]
+    lr_prompt: Option<f64>,
+    /// Learning rate of A and B [default: 1e-4].
+    #[arg(long)]
+    lr_low_rank: Option<f64>,
     /// Learning rate of the experts and gate (default: the prompt's).
     #[arg(long)]
     lr_aux: Option<f64>,
@@ -92,10 +101,12 @@ pub struct TrainArgs {
     schedule: String,
     #[arg(long, default_value_t = 500)]
     warmup_steps: u64,
-    #[arg(long, default_value_t = 30_000)]
-    max_steps: u64,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    /// Training steps [default: 30000].
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Examples per batch [default: 16].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Token budget per batch instead of a fixed example count.
     #[arg(long)]
     max_batch_tokens: Option<usize>,
@@ -168,13 +179,35 @@ fn load_data(args: &TrainArgs) -> Result<RunData> {
     }
 }
 
+/// Fills the flags a preset sets and the user left out.
+fn apply_preset(mut args: TrainArgs) -> Result<TrainArgs> {
+    let Some(name) = &args.preset else {
+        return Ok(args);
+    };
+    let p = preset(name)?;
+    if args.task.is_none() && args.train_file.is_none() {
+        args.task = Some(p.task.to_string());
+    }
+    args.method.get_or_insert_with(|| p.method.to_string());
+    args.lr_prompt.get_or_insert(p.lr_prompt);
+    args.lr_low_rank.get_or_insert(p.lr_low_rank);
+    if args.s.is_none() && args.r.is_none() {
+        args.s = Some(p.s);
+        args.r = Some(p.r);
+    }
+    args.max_steps.get_or_insert(p.max_steps);
+    args.batch_size.get_or_insert(p.batch_size);
+    args.m.get_or_insert(p.m);
+    Ok(args)
+}
+
 fn prompt_config(args: &TrainArgs) -> Result<PromptConfig> {
-    let method = Method::parse(&args.method)?;
+    let method = Method::parse(args.method.as_deref().unwrap_or("ept"))?;
     let mut p = PromptConfig::new(method);
     p.l = args.l;
     p.s = args.s;
     p.r = args.r;
-    p.m = args.m;
+    p.m = args.m.unwrap_or(256);
     p.num_experts = args.num_experts;
     if method == Method::Ept {
         p.fusion = FusionReading::parse(&args.fusion)?;
@@ -214,18 +247,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             quiet: args.quiet,
             ..saved_args(dir)?
         },
-        None => args,
+        None => apply_preset(args)?,
     };
     let prompt = prompt_config(&args)?;
     let mut cfg = TrainConfig::new(prompt);
-    cfg.lr_prompt = args.lr_prompt;
-    cfg.lr_low_rank = args.lr_low_rank;
+    cfg.lr_prompt = args.lr_prompt.unwrap_or(0.3);
+    cfg.lr_low_rank = args.lr_low_rank.unwrap_or(1e-4);
     cfg.lr_aux = args.lr_aux;
     cfg.weight_decay = args.weight_decay;
     cfg.schedule = Schedule::parse(&args.schedule)?;
     cfg.warmup_steps = args.warmup_steps;
-    cfg.max_steps = args.max_steps;
-    cfg.batch_size = args.batch_size;
+    cfg.max_steps = args.max_steps.unwrap_or(30_000);
+    cfg.batch_size = args.batch_size.unwrap_or(16);
+    cfg.init_from = args.init_from.clone();
     cfg.max_batch_tokens = args.max_batch_tokens;
     cfg.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
     cfg.eval_every = args.eval_every;
@@ -239,7 +273,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         format!(
             "{}-{}",
             args.task.as_deref().unwrap_or("custom"),
-            args.method
+            args.method.as_deref().unwrap_or("ept")
         )
     });
     let dir = match &resume {

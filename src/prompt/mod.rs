@@ -9,6 +9,7 @@ pub mod budget;
 pub mod build;
 pub mod checkpoint;
 pub mod ept;
+pub mod export;
 pub mod init;
 
 use burn::tensor::Tensor;

@@ -35,11 +35,14 @@ impl Default for AdamWConfig {
     }
 }
 
-/// First and second moments of one parameter.
+/// First and second moments of one parameter, and its own step count (the old
+/// Hugging Face AdamW counts steps per parameter: one skipped for lack of a
+/// gradient keeps its count, which changes its bias correction).
 #[derive(Clone, Debug)]
 pub struct Moments {
     pub m: Tensor<2>,
     pub v: Tensor<2>,
+    pub step: u64,
 }
 
 /// The optimiser: its settings, step count and per-parameter moments.
@@ -71,12 +74,6 @@ impl AdamW {
     ) -> Vec<Tensor<2>> {
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
-        let (bc1, bc2) = if c.correct_bias {
-            (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t))
-        } else {
-            (1.0, 1.0)
-        };
         params
             .into_iter()
             .zip(grads)
@@ -89,7 +86,14 @@ impl AdamW {
                 let state = self.moments[i].take().unwrap_or_else(|| Moments {
                     m: p.zeros_like(),
                     v: p.zeros_like(),
+                    step: 0,
                 });
+                let t = state.step + 1;
+                let (bc1, bc2) = if c.correct_bias {
+                    (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32))
+                } else {
+                    (1.0, 1.0)
+                };
                 let m = state.m * c.beta1 + g.clone() * (1.0 - c.beta1);
                 let v = state.v * c.beta2 + g.square() * (1.0 - c.beta2);
                 let denom = v.clone().sqrt() + c.eps;
@@ -98,7 +102,7 @@ impl AdamW {
                 if settings.weight_decay > 0.0 {
                     p = p.clone() - p * (lr * settings.weight_decay);
                 }
-                self.moments[i] = Some(Moments { m, v });
+                self.moments[i] = Some(Moments { m, v, step: t });
                 p
             })
             .collect()

@@ -19,7 +19,7 @@ use crate::evaluate::{Scoring, batch_loss_sums, corpus_loss, predict, tokenize_p
 use crate::model::Backbone;
 use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
 use crate::prompt::checkpoint::{self, PromptMeta};
-use crate::prompt::{ParamGroup, PromptConfig, SoftPrompt, build_prompt};
+use crate::prompt::{ParamGroup, PromptConfig, PromptInput, SoftPrompt, build_prompt};
 use crate::rng::Rng;
 
 /// Everything a run needs besides the model and the data.
@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub pad_to_max: bool,
     pub scoring: Scoring,
     pub eval_batch_size: usize,
+    /// Start from this prompt checkpoint instead of a fresh init (few-shot transfer).
+    pub init_from: Option<PathBuf>,
     /// Also write the resumable `last/` checkpoint every N steps (0: only at validations).
     pub save_every: u64,
     pub seed: u64,
@@ -71,6 +73,7 @@ impl TrainConfig {
             scoring: Scoring::Generate,
             eval_batch_size: 32,
             save_every: 0,
+            init_from: None,
             seed: 42,
         }
     }
@@ -274,7 +277,25 @@ pub fn train(
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let fresh = build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?;
+    let fresh = match &cfg.init_from {
+        Some(path) => {
+            let (p, _) = checkpoint::load(path, &device)?;
+            checkpoint::check_fits(path, &p, backbone.model.d_model())?;
+            if p.max_input_len().is_some_and(|m| m != cfg.prompt.m) && p.low_rank.is_some() {
+                return Err(Error::field(
+                    path,
+                    "ept.max_len",
+                    format!(
+                        "{:?}, but this run's m is {}",
+                        p.max_input_len(),
+                        cfg.prompt.m
+                    ),
+                ));
+            }
+            p
+        }
+        None => build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?,
+    };
     let groups: Vec<(ParamGroup, GroupSettings)> = fresh
         .params()
         .iter()

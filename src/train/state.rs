@@ -57,7 +57,19 @@ fn write_optimizer(path: &Path, optim: &AdamW) -> Result<()> {
             )
         })
         .collect();
-    let md: HashMap<String, String> = [("step".to_string(), optim.step.to_string())].into();
+    let steps: Vec<u64> = optim
+        .moments
+        .iter()
+        .map(|m| m.as_ref().map_or(0, |m| m.step))
+        .collect();
+    let md: HashMap<String, String> = [
+        ("step".to_string(), optim.step.to_string()),
+        (
+            "param_steps".to_string(),
+            serde_json::to_string(&steps).expect("integers"),
+        ),
+    ]
+    .into();
     let bytes =
         safetensors::serialize(views, Some(md)).map_err(|e| Error::data(path, e.to_string()))?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
@@ -80,9 +92,21 @@ fn read_optimizer(path: &Path, optim: &mut AdamW, device: &Device) -> Result<()>
             (device, DType::F32),
         ))
     };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::data(path, e.to_string()))?;
+    let steps: Vec<u64> = header
+        .metadata()
+        .as_ref()
+        .and_then(|md| md.get("param_steps"))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| Error::field(path, "param_steps", "missing from the metadata"))?;
     for i in 0..optim.moments.len() {
         optim.moments[i] = match (get(&format!("m.{i}")), get(&format!("v.{i}"))) {
-            (Some(m), Some(v)) => Some(Moments { m, v }),
+            (Some(m), Some(v)) => Some(Moments {
+                m,
+                v,
+                step: steps.get(i).copied().unwrap_or(0),
+            }),
             _ => None,
         };
     }

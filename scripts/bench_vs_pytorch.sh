@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Times the same prompt-tuning step in ept (`ept bench`) and in PyTorch +
+# transformers (scripts/bench_pytorch.py), one workload per process so that the
+# peak resident memory is the workload's, and prints a Markdown table.
+#
+#   scripts/bench_vs_pytorch.sh [--full] [--steps N] [--warmup W] [--threads T]
+#                               [--attn sdpa|eager] [--out DIR]
+#
+# Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
+# fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
+# 8 x 256. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
+# burn-flex, torch.set_num_threads for PyTorch; default 2). --out keeps the
+# JSON reports. EPT_BIN overrides the ept binary (default target/release/ept,
+# built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEPS=5 WARMUP=2 THREADS=2 FULL=0 ATTN=sdpa OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --full) FULL=1 ;;
+        --steps) STEPS="$2"; shift ;;
+        --warmup) WARMUP="$2"; shift ;;
+        --threads) THREADS="$2"; shift ;;
+        --attn) ATTN="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+BIN="${EPT_BIN:-target/release/ept}"
+if [ ! -x "$BIN" ]; then
+    cargo build --release >&2
+fi
+if [ -z "$OUT" ]; then
+    OUT="$(mktemp -d)"
+    trap 'rm -rf "$OUT"' EXIT
+fi
+mkdir -p "$OUT"
+
+WORKLOADS=("t5-small pt" "t5-small ept")
+if [ "$FULL" = 1 ]; then
+    WORKLOADS+=("t5-base pt" "t5-base ept")
+fi
+
+for w in "${WORKLOADS[@]}"; do
+    read -r shape method <<<"$w"
+    echo "== $shape $method: ept" >&2
+    "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" --json \
+        >"$OUT/ept-$shape-$method.json"
+    echo "== $shape $method: PyTorch" >&2
+    python3 scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
+        --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --json \
+        >"$OUT/torch-$shape-$method.json"
+done
+
+python3 - "$OUT" "$STEPS" "$WARMUP" "$THREADS" "${WORKLOADS[@]}" <<'PY'
+import json, os, platform, subprocess, sys, datetime
+
+out, steps, warmup, threads, *workloads = sys.argv[1:]
+
+def load(side, shape, method):
+    with open(os.path.join(out, f"{side}-{shape}-{method}.json")) as f:
+        return json.load(f)
+
+def cpu():
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+runs = {}
+for w in workloads:
+    shape, method = w.split()
+    runs[(shape, method)] = (load("ept", shape, method), load("torch", shape, method))
+
+first_e, first_t = next(iter(runs.values()))
+print(f"{datetime.date.today()}, {cpu()}, {os.cpu_count()} CPUs visible, {threads} threads each side; "
+      f"{steps} measured steps after {warmup} warm-up.")
+print(f"ept: {first_e['implementation']}, allocator: {first_e['allocator']}.")
+print(f"PyTorch: {first_t['implementation']}, attention `{first_t.get('attn_implementation', '?')}`.")
+print()
+print("| workload | ept step (s) | PyTorch step (s) | ept ÷ PyTorch | ept tok/s | PyTorch tok/s "
+      "| ept peak RSS (MiB) | PyTorch peak RSS (MiB) | ept ÷ PyTorch RSS |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (shape, method), (e, t) in runs.items():
+    s = e["settings"]
+    name = {"pt": f"PT l={s['l']}", "ept": f"EPT s={s['s']} r={s['r']}", "none": "no prompt"}[method]
+    label = f"{shape} {name} ({s['batch']}×{s['len']})"
+    print(f"| {label} | {e['median_s']:.3f} (min {e['min_s']:.3f}) | {t['median_s']:.3f} (min {t['min_s']:.3f}) "
+          f"| {e['median_s'] / t['median_s']:.2f} | {e['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} "
+          f"| {e['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} | {e['peak_rss_mib'] / t['peak_rss_mib']:.2f} |")
+print()
+print("Forward / backward medians (s); memory before the model was built (PyTorch: after importing torch).")
+print()
+print("| workload | ept fwd | ept bwd | PyTorch fwd | PyTorch bwd | ept start RSS (MiB) | PyTorch import RSS (MiB) |")
+print("|---|---|---|---|---|---|---|")
+for (shape, method), (e, t) in runs.items():
+    print(f"| {shape} {method} | {e['forward_median_s']:.3f} | {e['backward_median_s']:.3f} "
+          f"| {t['forward_median_s']:.3f} | {t['backward_median_s']:.3f} "
+          f"| {e['start_rss_mib']:.0f} | {t.get('import_rss_mib', float('nan')):.0f} |")
+shapes = list(dict.fromkeys(s for s, _ in runs))
+pairs = [s for s in shapes if (s, "pt") in runs and (s, "ept") in runs]
+if pairs:
+    print()
+    print("| shape | ept: EPT ÷ PT step | PyTorch: EPT ÷ PT step | ept: EPT ÷ PT RSS | PyTorch: EPT ÷ PT RSS |")
+    print("|---|---|---|---|---|")
+    for s in pairs:
+        (ep, tp), (ee, te) = runs[(s, "pt")], runs[(s, "ept")]
+        print(f"| {s} | {ee['median_s'] / ep['median_s']:.2f} | {te['median_s'] / tp['median_s']:.2f} "
+              f"| {ee['peak_rss_mib'] / ep['peak_rss_mib']:.2f} | {te['peak_rss_mib'] / tp['peak_rss_mib']:.2f} |")
+PY
