@@ -436,6 +436,7 @@ pub fn train(
         steps_per_second: (cfg.max_steps - first_step) as f64 / wall.max(1e-9),
     };
     write_json(&run_dir.join("results.json"), &result)?;
+    super::plots::write_plots(run_dir)?;
     Ok(result)
 }
 
