@@ -99,6 +99,17 @@ pub fn corpus_loss(
     }
 }
 
+/// Inputs without targets (a lone `</s>` stands in), for generation and ranking.
+fn inputs_only(inputs: &[Vec<u32>], eos: u32) -> Vec<TokenizedExample> {
+    inputs
+        .iter()
+        .map(|ids| TokenizedExample {
+            input_ids: ids.clone(),
+            label_ids: vec![eos],
+        })
+        .collect()
+}
+
 /// Greedy generations for `inputs` (token ids with `</s>`), in input order.
 pub fn generate_ids(
     model: &T5,
@@ -108,13 +119,7 @@ pub fn generate_ids(
     max_new_tokens: usize,
 ) -> Vec<Vec<u32>> {
     let cfg = &model.config;
-    let examples: Vec<TokenizedExample> = inputs
-        .iter()
-        .map(|ids| TokenizedExample {
-            input_ids: ids.clone(),
-            label_ids: vec![cfg.eos_token_id],
-        })
-        .collect();
+    let examples = inputs_only(inputs, cfg.eos_token_id);
     let mut out = vec![Vec::new(); inputs.len()];
     for idx in length_sorted_batches(&examples, batch_size) {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
@@ -164,13 +169,7 @@ pub fn rank_options(
     batch_size: usize,
 ) -> Vec<usize> {
     let cfg = &model.config;
-    let examples: Vec<TokenizedExample> = inputs
-        .iter()
-        .map(|ids| TokenizedExample {
-            input_ids: ids.clone(),
-            label_ids: vec![cfg.eos_token_id],
-        })
-        .collect();
+    let examples = inputs_only(inputs, cfg.eos_token_id);
     let mut best = vec![0usize; inputs.len()];
     for idx in length_sorted_batches(&examples, batch_size) {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::PromptInput;
 use super::ept::{Expert, FusionReading, LowRank, MultiSpace, SoftPrompt};
 use crate::error::{Error, Result};
+use crate::tensors::{NamedF32, f32_from_le, safetensors_f32, to_f32_vec};
 
 /// The settings stored beside the tensors.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -23,33 +23,17 @@ pub struct PromptMeta {
     pub l: usize,
 }
 
-fn tensor_f32(t: &Tensor<2>) -> (Vec<usize>, Vec<u8>) {
-    let shape = t.dims().to_vec();
-    let values = crate::tensors::to_f32_vec(t.clone());
-    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    (shape, bytes)
-}
-
 /// Writes `prompt` to `path` atomically (temporary file + rename).
 pub fn save(path: &Path, prompt: &SoftPrompt, meta: &PromptMeta) -> Result<()> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<NamedF32> = Vec::new();
     for (name, _, t) in prompt.params() {
-        let (mut shape, bytes) = tensor_f32(t);
+        let mut shape = t.dims().to_vec();
         // Biases live as [1, n] in memory and [n] on disk, as in PyTorch.
         if name.ends_with(".bias") {
             shape = vec![shape[1]];
         }
-        tensors.push((name, shape, bytes));
+        tensors.push((name, shape, to_f32_vec(t.clone())));
     }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
-            )
-        })
-        .collect();
     let mut md: HashMap<String, String> = HashMap::new();
     let (s, r) = (
         prompt.len(),
@@ -81,7 +65,7 @@ pub fn save(path: &Path, prompt: &SoftPrompt, meta: &PromptMeta) -> Result<()> {
     ] {
         md.insert(k.to_string(), v);
     }
-    let bytes = safetensors::serialize(views, Some(md))
+    let bytes = safetensors_f32(&tensors, md)
         .map_err(|e| Error::data(path, format!("cannot serialise prompt: {e}")))?;
     crate::error::write_atomic(path, &bytes)
 }
@@ -130,11 +114,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
                 ));
             }
         };
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values = f32_from_le(view.data());
         Ok(Some(Tensor::from_data(
             TensorData::new(values, shape2),
             (device, DType::F32),

@@ -5,14 +5,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
-
 use super::checkpoint::{self, PromptMeta};
 use super::ept::SoftPrompt;
 use crate::error::{Error, Result};
 use crate::model::T5Config;
-use crate::tensors::to_f32_vec;
+use crate::tensors::{NamedF32, safetensors_f32, to_f32_vec};
 
 /// The export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,31 +37,33 @@ impl Format {
 
 fn write_tensors(
     path: &Path,
-    tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedF32],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            (
-                n.to_string(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
-            )
-        })
-        .collect();
-    let out = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::data(path, e.to_string()))?;
+    let out = safetensors_f32(tensors, metadata).map_err(|e| Error::data(path, e.to_string()))?;
     crate::error::write_atomic(path, &out)
 }
 
 fn write_config(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("config serialises");
     crate::error::write_atomic(path, text.as_bytes())
+}
+
+/// PEFT's prompt-tuning adapter config for a T5 (METHOD.md §8): one encoder
+/// submodule, not PEFT's seq2seq default of two.
+fn peft_config(meta: &PromptMeta, model: &T5Config, s: usize, d: usize) -> serde_json::Value {
+    serde_json::json!({
+        "base_model_name_or_path": meta.model,
+        "inference_mode": true,
+        "num_attention_heads": model.num_heads,
+        "num_layers": model.num_layers,
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": s,
+        "peft_type": "PROMPT_TUNING",
+        "prompt_tuning_init": "RANDOM",
+        "task_type": "SEQ_2_SEQ_LM",
+        "token_dim": d,
+    })
 }
 
 /// What an export wrote, and what it could not keep.
@@ -91,24 +90,13 @@ pub fn export(
     let meta_pt: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     match format {
         Format::Peft => {
-            let config = serde_json::json!({
-                "base_model_name_or_path": meta.model,
-                "inference_mode": true,
-                "num_attention_heads": model.num_heads,
-                "num_layers": model.num_layers,
-                "num_transformer_submodules": 1,
-                "num_virtual_tokens": s,
-                "peft_type": "PROMPT_TUNING",
-                "prompt_tuning_init": "RANDOM",
-                "task_type": "SEQ_2_SEQ_LM",
-                "token_dim": d,
-            });
+            let config = peft_config(meta, model, s, d);
             let cfg_path = out.join("adapter_config.json");
             let model_path = out.join("adapter_model.safetensors");
             write_config(&cfg_path, &config)?;
             write_tensors(
                 &model_path,
-                &[("prompt_embeddings", vec![s, d], p_new)],
+                &[("prompt_embeddings".into(), vec![s, d], p_new)],
                 meta_pt,
             )?;
             let warning = p.low_rank.is_some().then(|| {
@@ -133,34 +121,24 @@ pub fn export(
                 .into_iter()
                 .map(|x| x * factor)
                 .collect();
-            let config = serde_json::json!({
-                "base_model_name_or_path": meta.model,
-                "inference_mode": true,
-                "num_attention_heads": model.num_heads,
-                "num_layers": model.num_layers,
-                "num_transformer_submodules": 1,
-                "num_virtual_tokens": s,
-                "peft_type": "PROMPT_TUNING_LORA",
-                "prompt_tuning_init": "RANDOM",
-                "task_type": "SEQ_2_SEQ_LM",
-                "token_dim": d,
-                "r": r,
-                "lora_alpha": lora_alpha,
-                "max_length": m,
-            });
+            let mut config = peft_config(meta, model, s, d);
+            config["peft_type"] = "PROMPT_TUNING_LORA".into();
+            config["r"] = r.into();
+            config["lora_alpha"] = lora_alpha.into();
+            config["max_length"] = m.into();
             let cfg_path = out.join("adapter_config.json");
             let model_path = out.join("adapter_model.safetensors");
             write_config(&cfg_path, &config)?;
             write_tensors(
                 &model_path,
                 &[
-                    ("prompt_embeddings", vec![s, d], p_new),
+                    ("prompt_embeddings".into(), vec![s, d], p_new),
                     (
-                        "prompt_encoder.lora_embedding_A",
+                        "prompt_encoder.lora_embedding_A".into(),
                         vec![m, r],
                         to_f32_vec(lr.a.clone()),
                     ),
-                    ("prompt_encoder.lora_embedding_B", vec![r, d], b),
+                    ("prompt_encoder.lora_embedding_B".into(), vec![r, d], b),
                 ],
                 meta_pt,
             )?;

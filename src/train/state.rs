@@ -12,8 +12,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 
 use super::optim::{AdamW, Moments};
 use super::run::Scores;
@@ -21,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::prompt::SoftPrompt;
 use crate::prompt::checkpoint::{self, PromptMeta};
 use crate::rng::Rng;
-use crate::tensors::to_f32_vec;
+use crate::tensors::{NamedF32, f32_from_le, safetensors_f32, to_f32_vec};
 
 /// Everything besides the tensors that a resumed run needs to continue exactly.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -37,26 +35,17 @@ pub struct LoopState {
 }
 
 fn write_optimizer(path: &Path, optim: &AdamW) -> Result<()> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<NamedF32> = Vec::new();
     for (i, m) in optim.moments.iter().enumerate() {
         let Some(m) = m else { continue };
         for (kind, t) in [("m", &m.m), ("v", &m.v)] {
-            let bytes = to_f32_vec(t.clone())
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            tensors.push((format!("{kind}.{i}"), t.dims().to_vec(), bytes));
+            tensors.push((
+                format!("{kind}.{i}"),
+                t.dims().to_vec(),
+                to_f32_vec(t.clone()),
+            ));
         }
     }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
-            )
-        })
-        .collect();
     let steps: Vec<u64> = optim
         .moments
         .iter()
@@ -70,8 +59,7 @@ fn write_optimizer(path: &Path, optim: &AdamW) -> Result<()> {
         ),
     ]
     .into();
-    let bytes =
-        safetensors::serialize(views, Some(md)).map_err(|e| Error::data(path, e.to_string()))?;
+    let bytes = safetensors_f32(&tensors, md).map_err(|e| Error::data(path, e.to_string()))?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
@@ -82,11 +70,7 @@ fn read_optimizer(path: &Path, optim: &mut AdamW, device: &Device) -> Result<()>
     let get = |name: &str| -> Option<Tensor<2>> {
         let v = st.tensor(name).ok()?;
         let shape = v.shape();
-        let vals: Vec<f32> = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let vals = f32_from_le(v.data());
         Some(Tensor::from_data(
             TensorData::new(vals, [shape[0], shape[1]]),
             (device, DType::F32),
