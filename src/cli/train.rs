@@ -43,6 +43,9 @@ pub struct TrainArgs {
     validation_file: Option<PathBuf>,
     #[arg(long)]
     test_file: Option<PathBuf>,
+    /// Few-shot: k training examples per class (k in all for regression and QA), seeded by --seed.
+    #[arg(long)]
+    few_shot: Option<usize>,
     /// Use only the first N training examples.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -156,9 +159,19 @@ fn load_data(args: &TrainArgs) -> Result<RunData> {
         let caches = Caches::from_env();
         let dir = args.data.as_deref();
         let get = |s: Split, p: Purpose| load_split(task, s, dir, &caches, p).map(|l| l.examples);
+        let mut train = get(Split::Train, Purpose::Train)?;
+        if let Some(k) = args.few_shot {
+            let shot = ept::data::fewshot::sample(task, &train, k, args.seed)?;
+            for (label, n) in &shot.short_classes {
+                eprintln!(
+                    "ept: warning: few-shot: class \"{label}\" has only {n} training examples"
+                );
+            }
+            train = shot.indices.iter().map(|&i| train[i].clone()).collect();
+        }
         return Ok(RunData {
             task: Some(task),
-            train: limit(get(Split::Train, Purpose::Train)?, args.train_limit),
+            train: limit(train, args.train_limit),
             validation: limit(get(Split::Validation, Purpose::Eval)?, args.eval_limit),
             test: limit(get(Split::Test, Purpose::Eval)?, args.eval_limit),
         });

@@ -286,7 +286,7 @@ impl Clause {
     /// hate"): a paraphrase under the two-valued semantics. `None` for one-pole families, or when
     /// the result would be negated and intense.
     pub fn dual(&self) -> Option<Clause> {
-        if !self.has_antonym() || (self.intense && !self.negated) {
+        if !self.has_antonym() || self.intense {
             return None;
         }
         Some(Clause {
@@ -463,6 +463,13 @@ pub fn word_polarity(word: &str) -> Option<i32> {
         }
     }
     None
+}
+
+/// Whether a word names an entity or a colour: what paraphrases must keep.
+pub fn is_entity_word(word: &str) -> bool {
+    [NAMES, ANIMALS, OBJECTS, PLACES, COLOURS]
+        .iter()
+        .any(|list| list.contains(&word))
 }
 
 /// Every word the language can produce (sorted, unique), for a word-level tokenizer.
