@@ -20,6 +20,7 @@ pub mod evaluate;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod organism;
 pub mod prompt;
 pub mod rng;
 pub mod runtime;

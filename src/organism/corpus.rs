@@ -119,7 +119,10 @@ fn spans_to_sentinels(ids: &[u32], mask: &[bool], sentinel_ids: &[u32]) -> Vec<u
             out.push(id);
         } else if i == 0 || !mask[i - 1] {
             let sentinel = sentinel_ids.get(next).unwrap_or_else(|| {
-                panic!("span corruption needs more than {} sentinels", sentinel_ids.len())
+                panic!(
+                    "span corruption needs more than {} sentinels",
+                    sentinel_ids.len()
+                )
             });
             out.push(*sentinel);
             next += 1;

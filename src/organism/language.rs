@@ -17,8 +17,8 @@ use crate::rng::Rng;
 /// People: subjects of any clause, never modified by a colour.
 const NAMES: &[&str] = &[
     "anna", "ben", "clara", "david", "emma", "felix", "grace", "henry", "iris", "jack", "kate",
-    "leo", "maya", "nora", "oscar", "paul", "rosa", "sam", "tom", "uma", "victor", "wendy",
-    "yara", "zoe", "alice", "bruno", "carla", "dan", "eva", "finn",
+    "leo", "maya", "nora", "oscar", "paul", "rosa", "sam", "tom", "uma", "victor", "wendy", "yara",
+    "zoe", "alice", "bruno", "carla", "dan", "eva", "finn",
 ];
 const ANIMALS: &[&str] = &[
     "cat", "dog", "horse", "rabbit", "fox", "bird", "mouse", "goat", "sheep", "cow", "duck", "owl",
@@ -46,6 +46,7 @@ struct Family {
     poles: &'static [[&'static str; 2]],
 }
 
+#[rustfmt::skip]
 const VERBS: &[Family] = &[
     Family { affective: true, poles: &[["like likes liked", "enjoy enjoys enjoyed"], ["hate hates hated", "dislike dislikes disliked"]] },
     Family { affective: true, poles: &[["admire admires admired", "respect respects respected"], ["despise despises despised", "scorn scorns scorned"]] },
@@ -58,6 +59,7 @@ const VERBS: &[Family] = &[
     Family { affective: false, poles: &[["mention mentions mentioned", "describe describes described"]] },
 ];
 
+#[rustfmt::skip]
 const ADJECTIVES: &[Family] = &[
     Family { affective: true, poles: &[["happy", "glad"], ["sad", "unhappy"]] },
     Family { affective: true, poles: &[["good", "fine"], ["bad", "poor"]] },
@@ -328,7 +330,11 @@ impl Clause {
             Predicate::Verb { .. } => {
                 let [base, third, participle] = verb_forms(word);
                 if style.passive {
-                    let neg = if self.negated { format!("{negator} ") } else { String::new() };
+                    let neg = if self.negated {
+                        format!("{negator} ")
+                    } else {
+                        String::new()
+                    };
                     format!("{object} is {neg}{} by {subject}", intense(participle))
                 } else if !self.negated {
                     format!("{subject} {} {object}", intense(third))
@@ -384,7 +390,11 @@ impl Clause {
                     } else {
                         String::new()
                     };
-                    let int = if self.intense { format!("{intensifier} ") } else { String::new() };
+                    let int = if self.intense {
+                        format!("{intensifier} ")
+                    } else {
+                        String::new()
+                    };
                     format!("does {subject} {neg}seem {int}{word} ?")
                 } else {
                     format!("is {subject} {middle}{word} ?")
@@ -474,8 +484,8 @@ pub fn is_entity_word(word: &str) -> bool {
 
 /// Every word the language can produce (sorted, unique), for a word-level tokenizer.
 pub fn vocabulary() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = [NAMES, ANIMALS, OBJECTS, PLACES, COLOURS, FUNCTION_WORDS]
-        .concat();
+    let mut v: Vec<&'static str> =
+        [NAMES, ANIMALS, OBJECTS, PLACES, COLOURS, FUNCTION_WORDS].concat();
     v.extend(NEGATORS);
     v.extend(VERB_INTENSIFIERS);
     v.extend(ADJ_INTENSIFIERS);

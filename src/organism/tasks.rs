@@ -151,7 +151,11 @@ pub fn relation(premise: &[Clause], hypothesis: &Clause) -> i64 {
         if c.truth() != hypothesis.truth() {
             return 2;
         }
-        return if hypothesis.intense && !c.intense { 1 } else { 0 };
+        return if hypothesis.intense && !c.intense {
+            1
+        } else {
+            0
+        };
     }
     1
 }
@@ -371,7 +375,10 @@ fn candidate(task: ToyTask, want: usize, rng: &mut Rng) -> Option<ToyRow> {
                 perturb(&a, rng)
             };
             let label = i64::from(same_meaning(&a, &b));
-            let (q1, q2) = (a.question(Style::random(rng)), b.question(Style::random(rng)));
+            let (q1, q2) = (
+                a.question(Style::random(rng)),
+                b.question(Style::random(rng)),
+            );
             if label != want as i64 || !valid(&b) || q1 == q2 {
                 return None;
             }
@@ -390,18 +397,18 @@ fn candidate(task: ToyTask, want: usize, rng: &mut Rng) -> Option<ToyRow> {
                     1 => {
                         let other = Clause::random(rng, None);
                         match (&mut b.predicate, other.predicate) {
-                            (
-                                Predicate::Verb { family, .. },
-                                Predicate::Verb { family: f, .. },
-                            )
-                            | (Predicate::Adjective { family }, Predicate::Adjective { family: f }) => {
+                            (Predicate::Verb { family, .. }, Predicate::Verb { family: f, .. })
+                            | (
+                                Predicate::Adjective { family },
+                                Predicate::Adjective { family: f },
+                            ) => {
                                 *family = f;
                             }
                             _ => return None,
                         }
                         b.positive = b.positive || !b.has_antonym();
                     }
-                    2 => match (&mut b.predicate, Clause::random(rng, Some(false)).predicate) {
+                    2 => match (&mut b.predicate, Clause::random(rng, None).predicate) {
                         (
                             Predicate::Verb { object, colour, .. },
                             Predicate::Verb {
@@ -527,7 +534,13 @@ impl Splits {
 /// Train, validation and test sets of the given sizes, each from its own stream, with no source
 /// repeated anywhere. Test and validation are drawn first, so they do not change when only the
 /// training size does.
-pub fn generate_splits(task: ToyTask, train: usize, validation: usize, test: usize, seed: u64) -> Splits {
+pub fn generate_splits(
+    task: ToyTask,
+    train: usize,
+    validation: usize,
+    test: usize,
+    seed: u64,
+) -> Splits {
     let mut seen = HashSet::new();
     let test = rows_from(task, test, &mut stream(task, seed, 3), &mut seen);
     let validation = rows_from(task, validation, &mut stream(task, seed, 2), &mut seen);
@@ -587,24 +600,30 @@ fn write_parquet(path: &Path, rows: &[ToyRow]) -> Result<()> {
     let (label_type, labels): (DataType, ArrayRef) = match &first.label {
         Label::Class(_) => (
             DataType::Int64,
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| match r.label {
-                Label::Class(c) => c,
-                _ => unreachable!("one label kind per task"),
-            }))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(
+                |r| match r.label {
+                    Label::Class(c) => c,
+                    _ => unreachable!("one label kind per task"),
+                },
+            ))),
         ),
         Label::Score(_) => (
             DataType::Float32,
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| match r.label {
-                Label::Score(s) => s,
-                _ => unreachable!("one label kind per task"),
-            }))),
+            Arc::new(Float32Array::from_iter_values(rows.iter().map(
+                |r| match r.label {
+                    Label::Score(s) => s,
+                    _ => unreachable!("one label kind per task"),
+                },
+            ))),
         ),
         Label::Text(_) => (
             DataType::Utf8,
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match &r.label {
-                Label::Text(t) => t.as_str(),
-                _ => unreachable!("one label kind per task"),
-            }))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(
+                |r| match &r.label {
+                    Label::Text(t) => t.as_str(),
+                    _ => unreachable!("one label kind per task"),
+                },
+            ))),
         ),
     };
     fields.push(Field::new("label", label_type, false));
