@@ -285,7 +285,7 @@ fn placeholder_tokenizer(eos: u32) -> Result<TextTokenizer> {
 
 /// What the step differentiates.
 enum Trainable {
-    Prompt(SoftPrompt),
+    Prompt(Box<SoftPrompt>),
     /// No prompt: the input embeddings.
     Inputs,
 }
@@ -312,7 +312,7 @@ fn step(model: &T5, trainable: &Trainable, batch: &Seq2SeqBatch) -> StepResult {
     let start = Instant::now();
     match trainable {
         Trainable::Prompt(prompt) => {
-            let loss = batch_loss_sums(model, prompt, batch).sum() / n_tokens;
+            let loss = batch_loss_sums(model, prompt.as_ref(), batch).sum() / n_tokens;
             let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
             let forward_s = start.elapsed().as_secs_f64();
             let grads = loss.backward();
@@ -379,7 +379,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         Some(pc) => {
             let tok = placeholder_tokenizer(config.eos_token_id)?;
             let prompt = build_prompt(&pc, &model, &tok)?.to_device(&device, true);
-            Trainable::Prompt(prompt)
+            Trainable::Prompt(Box::new(prompt))
         }
         None => Trainable::Inputs,
     };

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{fixtures, model_dir, temp_dir};
@@ -81,7 +81,7 @@ fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn assert_same_run(a: &PathBuf, b: &PathBuf) {
+fn assert_same_run(a: &Path, b: &Path) {
     for f in [
         "last/prompt.safetensors",
         "best/prompt.safetensors",

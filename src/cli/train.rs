@@ -325,7 +325,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .as_ref()
                 .map(|v| format!("  validation {:.2} (loss {:.4})", v.selection, v.loss))
                 .unwrap_or_default();
-            if log.validation.is_some() || log.step == 1 || log.step % 10 == 0 {
+            if log.validation.is_some() || log.step == 1 || log.step.is_multiple_of(10) {
                 eprintln!(
                     "step {:>6}/{total}  loss {:.4}  lr {:.3e}  |g| {:.3}  {:.0} tok/s{val}",
                     log.step, log.loss, log.lr_prompt, log.grad_norm, log.tokens_per_s
