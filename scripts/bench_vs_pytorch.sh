@@ -83,8 +83,10 @@ for w in workloads:
 first_e, first_t = next(iter(runs.values()))
 print(f"{datetime.date.today()}, {cpu()}, {os.cpu_count()} CPUs visible, {threads} threads each side; "
       f"{steps} measured steps after {warmup} warm-up.")
-print(f"ept: {first_e['implementation']}, allocator: {first_e['allocator']}.")
-print(f"PyTorch: {first_t['implementation']}, attention `{first_t.get('attn_implementation', '?')}`.")
+print(f"ept: {first_e['implementation']}, allocator: {first_e['allocator']}; "
+      f"threads asked {first_e['threads']}, in the process {first_e.get('process_threads', '?')}.")
+print(f"PyTorch: {first_t['implementation']}, attention `{first_t.get('attn_implementation', '?')}`, "
+      f"{first_t['threads']} threads.")
 print()
 print("| workload | ept step (s) | PyTorch step (s) | ept ÷ PyTorch | ept tok/s | PyTorch tok/s "
       "| ept peak RSS (MiB) | PyTorch peak RSS (MiB) | ept ÷ PyTorch RSS |")

@@ -197,8 +197,12 @@ pub struct BenchReport {
     pub frozen_params: usize,
     /// Every trainable number, auxiliary networks included.
     pub trainable_params: usize,
-    /// Worker threads (RAYON_NUM_THREADS, else the number of CPUs).
+    /// Worker threads asked for (RAYON_NUM_THREADS, else the number of CPUs).
     pub threads: usize,
+    /// Threads the process actually had after the last step (`Threads:` of
+    /// /proc/self/status): 1 means the backend ran single-threaded, whatever
+    /// `threads` says (burn-flex is multi-threaded only with its `rayon` feature).
+    pub process_threads: usize,
     /// The allocator setting in force (see [`crate::runtime::tune_allocator`]).
     pub allocator: String,
     /// Every measured step, in order (warm-up excluded).
@@ -223,12 +227,16 @@ pub struct BenchReport {
     pub grad_norm: f64,
 }
 
-/// A field of `/proc/self/status` in MiB (`VmHWM`: the process's peak resident set).
-pub fn proc_status_mib(field: &str) -> Option<f64> {
+/// A numeric field of `/proc/self/status` (e.g. `Threads:`).
+fn proc_status(field: &str) -> Option<f64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A memory field of `/proc/self/status` (KiB there) in MiB; `VmHWM:` is the process's peak resident set.
+pub fn proc_status_mib(field: &str) -> Option<f64> {
+    proc_status(field).map(|kib| kib / 1024.0)
 }
 
 /// Worker threads the CPU backend uses: `RAYON_NUM_THREADS`, else the CPU count.
@@ -428,6 +436,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         frozen_params: model.num_parameters(),
         trainable_params,
         threads: worker_threads(),
+        process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
         allocator: allocator.to_string(),
         min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),
         mean_s: step_s.iter().sum::<f64>() / step_s.len() as f64,
@@ -476,7 +485,13 @@ impl BenchReport {
                 self.frozen_params, self.trainable_params
             ),
         );
-        row("threads", self.threads.to_string());
+        row(
+            "threads",
+            format!(
+                "{} asked, {} in the process after the run",
+                self.threads, self.process_threads
+            ),
+        );
         row("allocator", self.allocator.clone());
         row(
             "steps",
