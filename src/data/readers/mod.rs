@@ -119,25 +119,10 @@ fn split_aliases(split: &str) -> Vec<String> {
     names
 }
 
-/// The folder name of the task in GLUE's and SuperGLUE's original zip files.
+/// The folder name of the task in GLUE's and SuperGLUE's original zip files
+/// (the display names: `SST-2`, `CoLA`, `ReCoRD`, ...).
 fn original_dir_name(task: Task) -> &'static str {
-    match task {
-        Task::Mnli => "MNLI",
-        Task::Qqp => "QQP",
-        Task::Qnli => "QNLI",
-        Task::Sst2 => "SST-2",
-        Task::Cola => "CoLA",
-        Task::Stsb => "STS-B",
-        Task::Mrpc => "MRPC",
-        Task::Rte => "RTE",
-        Task::MultiRc => "MultiRC",
-        Task::BoolQ => "BoolQ",
-        Task::Wic => "WiC",
-        Task::Wsc => "WSC",
-        Task::Cb => "CB",
-        Task::Record => "ReCoRD",
-        Task::Squad => "SQuAD",
-    }
+    task.display_name()
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {
