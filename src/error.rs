@@ -27,6 +27,13 @@ pub enum Error {
         line: Option<usize>,
         msg: String,
     },
+    /// A TOML file (run or sweep settings) that does not parse.
+    #[error("{}{}: not valid TOML: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Toml {
+        path: PathBuf,
+        line: Option<usize>,
+        msg: String,
+    },
     /// A field of a configuration or data file holds a value we cannot use.
     #[error("{}: field `{field}`: {msg}", path.display())]
     Field {

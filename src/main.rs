@@ -7,6 +7,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     ept::runtime::tune_allocator();
     ept::runtime::default_sigpipe();
+    init_logging();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -14,4 +15,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Log lines as `ept: warning: ...`; the level comes from `RUST_LOG` (default
+/// `info`: progress lines where no progress bar is drawn; `warn` hides them, `debug` adds
+/// every step).
+fn init_logging() {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "ept: {level}: {}", record.args())
+        })
+        .init();
 }

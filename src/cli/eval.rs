@@ -56,10 +56,18 @@ pub fn load_prompt(
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let task = args.task.as_deref().map(Task::parse).transpose()?;
-    let mut examples: Vec<Example> = match (task, &args.data) {
-        (Some(task), dir) => {
-            let split = args.split.parse()?;
+    let split: ept::data::splits::Split = args.split.parse()?;
+    let toy = match &args.task {
+        Some(name) => ept::organism::builtin_split(name, split)?,
+        None => None,
+    };
+    let task = match &toy {
+        Some((task, _)) => Some(*task),
+        None => args.task.as_deref().map(Task::parse).transpose()?,
+    };
+    let mut examples: Vec<Example> = match (toy, task, &args.data) {
+        (Some((_, examples)), ..) => examples,
+        (None, Some(task), dir) => {
             load_split(
                 task,
                 split,
@@ -69,8 +77,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             )?
             .examples
         }
-        (None, Some(file)) => load_user_file(file)?,
-        (None, None) => {
+        (None, None, Some(file)) => load_user_file(file)?,
+        (None, None, None) => {
             return Err(ept::Error::invalid(
                 "give --data FILE.jsonl, or --task TASK [--data DIR]",
             ));

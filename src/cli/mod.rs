@@ -7,10 +7,12 @@ mod export;
 mod generate;
 mod inspect;
 mod predict;
+mod pretrain;
+mod sweep;
 mod tasks;
 mod train;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ept::Result;
 use ept::io::hub::resolve_model;
 use ept::io::weights::FloatType;
@@ -45,6 +47,10 @@ enum Command {
     Budget(budget::BudgetArgs),
     /// Architecture, sizes, dtype, parameter count and files of a model.
     Inspect(inspect::InspectArgs),
+    /// Run a grid of training settings (resumably) and summarise it: Markdown table, figures.
+    Sweep(sweep::SweepArgs),
+    /// Pretrain the model organism: a small T5 on the synthetic language, every weight trained.
+    Pretrain(pretrain::PretrainArgs),
     /// Time a prompt-tuning step (forward, backward, prompt gradients) on a random-weight T5.
     Bench(bench::BenchArgs),
 }
@@ -72,13 +78,11 @@ impl ModelArgs {
 }
 
 pub fn run() -> Result<()> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // Help and version go to stdout with success; usage errors print clap's message.
-            e.exit();
-        }
-    };
+    // Help and version go to stdout with success; usage errors print clap's message.
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
@@ -88,6 +92,13 @@ pub fn run() -> Result<()> {
         Command::Tasks(a) => tasks::run(a),
         Command::Export(a) => export::run(a),
         Command::Predict(a) => predict::run(a),
-        Command::Train(a) => train::run(*a),
+        Command::Train(a) => {
+            let sub = matches
+                .subcommand_matches("train")
+                .expect("the train subcommand");
+            train::run(*a, sub)
+        }
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Sweep(a) => sweep::run(a),
     }
 }

@@ -87,8 +87,22 @@ fn list(json: bool) -> Result<()> {
 }
 
 fn show(args: ShowArgs) -> Result<()> {
-    let task = Task::parse(&args.task)?;
     let split: Split = args.split.parse()?;
+    if let Some((task, examples)) = ept::organism::builtin_split(&args.task, split)? {
+        if !args.json {
+            print!("{}", describe(task));
+            println!(
+                "split `{}`: {} rows of the built-in toy task `{}` (generated, seed {})",
+                split.name(),
+                examples.len(),
+                args.task,
+                ept::organism::tasks::BUILTIN_SEED
+            );
+        }
+        print_rows(&examples, args.limit, args.json);
+        return Ok(());
+    }
+    let task = Task::parse(&args.task)?;
     let loaded = load_split(
         task,
         split,
@@ -96,14 +110,8 @@ fn show(args: ShowArgs) -> Result<()> {
         &Caches::from_env(),
         Purpose::Eval,
     )?;
-    let limit = args.limit.unwrap_or(usize::MAX);
     if args.json {
-        for e in loaded.examples.iter().take(limit) {
-            println!(
-                "{}",
-                serde_json::json!({"source": e.source, "target": e.target})
-            );
-        }
+        print_rows(&loaded.examples, args.limit, true);
         return Ok(());
     }
     print!("{}", describe(task));
@@ -120,9 +128,25 @@ fn show(args: ShowArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for (i, e) in loaded.examples.iter().take(limit).enumerate() {
-        println!("[{i}] source: {}", e.source);
-        println!("    target: {}", e.target);
-    }
+    print_rows(&loaded.examples, args.limit, false);
     Ok(())
+}
+
+/// The first `limit` rows, as JSON lines or numbered source/target pairs.
+fn print_rows(examples: &[ept::data::Example], limit: Option<usize>, json: bool) {
+    for (i, e) in examples
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .enumerate()
+    {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"source": e.source, "target": e.target})
+            );
+        } else {
+            println!("[{i}] source: {}", e.source);
+            println!("    target: {}", e.target);
+        }
+    }
 }

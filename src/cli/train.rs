@@ -1,15 +1,18 @@
 //! `ept train`: train a prompt on a task or on JSONL files, writing a run folder.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use ept::data::readers::Caches;
 use ept::data::splits::Split;
 use ept::data::{Purpose, Task, load_split, load_user_file};
 use ept::evaluate::Scoring;
+use ept::organism::ToyTask;
 use ept::prompt::{FusionReading, Method, PromptConfig, PromptInit};
-use ept::train::presets::preset;
-use ept::train::run::{RunData, TrainConfig, run_dir, train};
+use ept::train::presets::{closest, preset};
+use ept::train::run::{RunData, RunResult, TrainConfig, run_dir, train};
 use ept::train::schedule::Schedule;
 use ept::{Error, Result};
 
@@ -17,12 +20,18 @@ use super::ModelArgs;
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
+    /// A TOML file of settings: every flag is a key (`lr_prompt = 0.3` or `lr-prompt = 0.3`);
+    /// flags on the command line override it. The resolved settings are saved as run.toml.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint (all other flags are read from it).
     #[arg(long, conflicts_with_all = ["task", "train_file"])]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// A folder as `save_pretrained` writes it, or a hub id found in the local Hugging Face cache.
-    #[arg(long, required_unless_present = "resume")]
+    /// A folder as `save_pretrained` writes it, a hub id found in the local Hugging Face cache,
+    /// or `organism`: the built-in pretrained tiny T5 [default: organism].
+    #[arg(long)]
     model: Option<String>,
     /// Branch, tag or commit of a hub id in the cache.
     #[arg(long)]
@@ -30,7 +39,8 @@ pub struct TrainArgs {
     /// Compute dtype of the frozen model: f32 (default) or bf16. Prompts always train in f32.
     #[arg(long)]
     dtype: Option<String>,
-    /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics); data from --data or the HF caches.
+    /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics; data from --data or the HF caches),
+    /// or a built-in toy task of the organism: toy-sst2, toy-mnli, toy-qqp, toy-stsb.
     #[arg(long)]
     task: Option<String>,
     /// The task's data folder.
@@ -110,6 +120,10 @@ pub struct TrainArgs {
     /// Examples per batch [default: 16].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    #[serde(default = "one")]
+    grad_accum: usize,
     /// Token budget per batch instead of a fixed example count.
     #[arg(long)]
     max_batch_tokens: Option<usize>,
@@ -154,42 +168,58 @@ fn load_data(args: &TrainArgs) -> Result<RunData> {
         }
         v
     };
-    if let Some(task) = &args.task {
-        let task = Task::parse(task)?;
-        let caches = Caches::from_env();
-        let dir = args.data.as_deref();
-        let get = |s: Split, p: Purpose| load_split(task, s, dir, &caches, p).map(|l| l.examples);
-        let mut train = get(Split::Train, Purpose::Train)?;
-        if let Some(k) = args.few_shot {
-            let shot = ept::data::fewshot::sample(task, &train, k, args.seed)?;
-            for (label, n) in &shot.short_classes {
-                eprintln!(
-                    "ept: warning: few-shot: class \"{label}\" has only {n} training examples"
-                );
-            }
-            train = shot.indices.iter().map(|&i| train[i].clone()).collect();
+    let Some(name) = &args.task else {
+        return match (&args.train_file, &args.validation_file) {
+            (Some(t), Some(v)) => Ok(RunData {
+                task: None,
+                train: limit(load_user_file(t)?, args.train_limit),
+                validation: limit(load_user_file(v)?, args.eval_limit),
+                test: match &args.test_file {
+                    Some(f) => limit(load_user_file(f)?, args.eval_limit),
+                    None => Vec::new(),
+                },
+            }),
+            _ => Err(Error::invalid(
+                "give --task TASK [--data DIR], or --train-file and --validation-file",
+            )),
+        };
+    };
+    let (task, [mut train, validation, test]) = match ToyTask::parse(name) {
+        Some(toy) => {
+            let task = toy.glue().ok_or_else(|| {
+                Error::invalid(format!(
+                    "--task {name}: a pretraining task of the organism; prompt tuning takes toy-sst2, toy-mnli, toy-qqp or toy-stsb"
+                ))
+            })?;
+            (task, ept::organism::builtin_splits(toy))
         }
-        return Ok(RunData {
-            task: Some(task),
-            train: limit(train, args.train_limit),
-            validation: limit(get(Split::Validation, Purpose::Eval)?, args.eval_limit),
-            test: limit(get(Split::Test, Purpose::Eval)?, args.eval_limit),
-        });
+        None => {
+            let task = Task::parse(name)?;
+            let caches = Caches::from_env();
+            let dir = args.data.as_deref();
+            let get =
+                |s: Split, p: Purpose| load_split(task, s, dir, &caches, p).map(|l| l.examples);
+            let splits = [
+                get(Split::Train, Purpose::Train)?,
+                get(Split::Validation, Purpose::Eval)?,
+                get(Split::Test, Purpose::Eval)?,
+            ];
+            (task, splits)
+        }
+    };
+    if let Some(k) = args.few_shot {
+        let shot = ept::data::fewshot::sample(task, &train, k, args.seed)?;
+        for (label, n) in &shot.short_classes {
+            log::warn!("few-shot: class \"{label}\" has only {n} training examples");
+        }
+        train = shot.indices.iter().map(|&i| train[i].clone()).collect();
     }
-    match (&args.train_file, &args.validation_file) {
-        (Some(t), Some(v)) => Ok(RunData {
-            task: None,
-            train: limit(load_user_file(t)?, args.train_limit),
-            validation: limit(load_user_file(v)?, args.eval_limit),
-            test: match &args.test_file {
-                Some(f) => limit(load_user_file(f)?, args.eval_limit),
-                None => Vec::new(),
-            },
-        }),
-        _ => Err(Error::invalid(
-            "give --task TASK [--data DIR], or --train-file and --validation-file",
-        )),
-    }
+    Ok(RunData {
+        task: Some(task),
+        train: limit(train, args.train_limit),
+        validation: limit(validation, args.eval_limit),
+        test: limit(test, args.eval_limit),
+    })
 }
 
 /// Fills the flags a preset sets and the user left out.
@@ -252,7 +282,89 @@ fn saved_args(dir: &std::path::Path) -> Result<TrainArgs> {
     })
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+fn one() -> usize {
+    1
+}
+
+/// Applies `--config FILE`: each key sets its flag unless the command line gave it.
+fn apply_config_file(args: TrainArgs, matches: &ArgMatches) -> Result<TrainArgs> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let table = read_toml(&path)?;
+    apply_table(args, table, &path, Some(matches))
+}
+
+/// Reads a TOML file into a table; a syntax error names the file and line.
+pub fn read_toml(path: &Path) -> Result<toml::Table> {
+    let text = ept::error::read_to_string(path)?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        Error::Toml {
+            path: path.to_path_buf(),
+            line,
+            msg: e.message().to_string(),
+        }
+    })
+}
+
+/// The settings of `ept train` with nothing given: every flag at its default.
+pub fn defaults() -> TrainArgs {
+    let cmd = TrainArgs::augment_args(clap::Command::new("train"));
+    let matches = cmd.try_get_matches_from(["train"]).expect("no flags parse");
+    TrainArgs::from_arg_matches(&matches).expect("defaults are valid")
+}
+
+/// Sets the flags named by `table`'s keys (`lr_prompt` or `lr-prompt`), except
+/// those given on the command line (`matches`). Unknown keys and values of the
+/// wrong type are errors naming `origin`, the key and, for a typo, the closest key.
+pub fn apply_table(
+    args: TrainArgs,
+    table: toml::Table,
+    origin: &Path,
+    matches: Option<&ArgMatches>,
+) -> Result<TrainArgs> {
+    let mut value = serde_json::to_value(&args).expect("flags serialise");
+    let known: Vec<String> = value
+        .as_object()
+        .expect("flags serialise to an object")
+        .keys()
+        .cloned()
+        .collect();
+    for (key, v) in table {
+        let field = key.replace('-', "_");
+        if !known.contains(&field) {
+            let hint = closest(&field, known.iter().map(String::as_str))
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            return Err(Error::field(origin, key, format!("unknown setting{hint}")));
+        }
+        if matches.and_then(|m| m.value_source(&field)) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let json = serde_json::to_value(&v).expect("TOML values serialise");
+        let mut next = value.clone();
+        next[&field] = json;
+        serde_json::from_value::<TrainArgs>(next.clone())
+            .map_err(|e| Error::field(origin, &key, format!("{e} (the value given is `{v}`)")))?;
+        value = next;
+    }
+    let mut merged: TrainArgs = serde_json::from_value(value).expect("checked key by key");
+    (merged.config, merged.quiet, merged.resume) = (args.config, args.quiet, args.resume);
+    Ok(merged)
+}
+
+/// Sets where a run goes and how it reports (for `ept sweep`).
+impl TrainArgs {
+    pub fn place(&mut self, runs_dir: &Path, name: String, quiet: bool, overwrite: bool) {
+        self.runs_dir = Some(runs_dir.to_path_buf());
+        self.name = Some(name);
+        self.quiet = quiet;
+        self.overwrite = overwrite;
+    }
+}
+
+pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let resume = args.resume.clone();
     let args = match &resume {
         Some(dir) => TrainArgs {
@@ -260,8 +372,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             quiet: args.quiet,
             ..saved_args(dir)?
         },
-        None => apply_preset(args)?,
+        None => apply_config_file(args, matches)?,
     };
+    execute(args, resume).map(|_| ())
+}
+
+/// Trains with resolved settings (`resume`: the run folder to continue);
+/// returns the run folder and its results.
+pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, RunResult)> {
+    let args = apply_preset(args)?;
     let prompt = prompt_config(&args)?;
     let mut cfg = TrainConfig::new(prompt);
     cfg.lr_prompt = args.lr_prompt.unwrap_or(0.3);
@@ -272,6 +391,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     cfg.warmup_steps = args.warmup_steps;
     cfg.max_steps = args.max_steps.unwrap_or(30_000);
     cfg.batch_size = args.batch_size.unwrap_or(16);
+    cfg.grad_accum = args.grad_accum;
     cfg.init_from = args.init_from.clone();
     cfg.max_batch_tokens = args.max_batch_tokens;
     cfg.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
@@ -301,7 +421,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let data = load_data(&args)?;
     let model = ModelArgs {
-        model: args.model.clone().unwrap_or_default(),
+        model: args
+            .model
+            .clone()
+            .unwrap_or_else(|| ept::io::hub::ORGANISM.to_string()),
         revision: args.revision.clone(),
         dtype: args.dtype.clone(),
     };
@@ -313,24 +436,50 @@ pub fn run(args: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let json = serde_json::to_string_pretty(&args).expect("flags serialise");
         ept::error::write_atomic(dir.join("args.json"), json.as_bytes())?;
+        let resolved = toml::to_string(&args)
+            .map_err(|e| Error::invalid(format!("cannot write run.toml: {e}")))?;
+        ept::error::write_atomic(dir.join("run.toml"), resolved.as_bytes())?;
     }
     let (json, quiet) = (args.json, args.quiet);
     let total = cfg.max_steps;
+    // A bar on a terminal; log lines (RUST_LOG, default `info`) elsewhere, e.g. in CI logs.
+    let bar = (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
     let mut on_step = |log: &ept::train::run::StepLog| {
+        let val = log
+            .validation
+            .as_ref()
+            .map(|v| format!("validation {:.2} (loss {:.4})", v.selection, v.loss));
+        let line = format!(
+            "step {:>6}/{total}  loss {:.4}  lr {:.3e}  |g| {:.3}  {:.0} tok/s",
+            log.step, log.loss, log.lr_prompt, log.grad_norm, log.tokens_per_s
+        );
         if json {
             println!("{}", serde_json::to_string(log).expect("serialisable"));
-        } else if !quiet {
-            let val = log
-                .validation
-                .as_ref()
-                .map(|v| format!("  validation {:.2} (loss {:.4})", v.selection, v.loss))
-                .unwrap_or_default();
-            if log.validation.is_some() || log.step == 1 || log.step.is_multiple_of(10) {
-                eprintln!(
-                    "step {:>6}/{total}  loss {:.4}  lr {:.3e}  |g| {:.3}  {:.0} tok/s{val}",
-                    log.step, log.loss, log.lr_prompt, log.grad_norm, log.tokens_per_s
-                );
+        } else if quiet {
+        } else if let Some(bar) = &bar {
+            bar.set_position(log.step);
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                log.loss, log.lr_prompt, log.tokens_per_s
+            ));
+            if let Some(v) = &val {
+                bar.println(format!("step {:>6}/{total}  {v}", log.step));
             }
+        } else if let Some(v) = &val {
+            log::info!("{line}  {v}");
+        } else if log.step == 1 || log.step.is_multiple_of(10) {
+            log::info!("{line}");
+        } else {
+            log::debug!("{line}");
         }
     };
     let result = train(
@@ -342,6 +491,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume.is_some(),
         &mut on_step,
     )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let summary = serde_json::json!({"run": dir, "results": result});
     if json {
         println!("{summary}");
@@ -361,5 +513,5 @@ pub fn run(args: TrainArgs) -> Result<()> {
             result.wall_seconds, result.steps_per_second
         );
     }
-    Ok(())
+    Ok((dir, result))
 }

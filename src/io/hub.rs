@@ -69,10 +69,33 @@ pub fn resolve_in_cache(
 }
 
 /// Resolves `--model`: an existing folder, or a hub id in the local cache.
+/// The name of the built-in model organism (`--model organism`, the default).
+pub const ORGANISM: &str = "organism";
+
+/// Where the built-in organism lives: `assets/organism` of the source tree this
+/// binary was built from (docs/ORGANISM.md).
+pub fn organism_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join("organism")
+}
+
 pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
+    }
+    if spec == ORGANISM {
+        let dir = organism_dir();
+        if !dir.join("config.json").is_file() {
+            return Err(Error::NotFound {
+                path: dir,
+                hint: "the built-in model organism ships in the repository's assets/organism; \
+                       rebuild it with `ept pretrain --out assets/organism` (docs/ORGANISM.md)"
+                    .into(),
+            });
+        }
+        return Ok(dir);
     }
     if path.is_file() {
         return Err(Error::invalid(format!(

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod config;
 pub mod random;
+pub mod save;
 pub mod t5;
 pub mod tokenizer;
 

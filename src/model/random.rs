@@ -1,7 +1,8 @@
 //! A T5 with random weights of a config's shapes: for benchmarks and tests that
 //! need the real architecture's cost but no checkpoint on disk.
 //!
-//! Every matrix is drawn from N(0, 0.05²); the RMS-norm weights are 1. Weights
+//! [`T5::random`] draws every matrix from N(0, 0.05²), [`T5::init`] as transformers'
+//! `T5PreTrainedModel._init_weights` does (the start of pretraining); RMS-norm weights are 1. Weights
 //! are laid out exactly as [`T5::from_weights`] lays out a loaded checkpoint
 //! (dense weights drawn `[out, in]` and transposed to a `[in, out]` view, a tied
 //! head that is the shared embedding's transpose), so a forward or backward
@@ -16,30 +17,52 @@ use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, Linear, RmsN
 use crate::io::weights::{FloatType, tensor_from_f32};
 use crate::rng::Rng;
 
-/// Standard deviation of every random weight.
+/// Standard deviation of every weight of [`T5::random`].
 const STD: f64 = 0.05;
+
+/// How weights are scaled.
+#[derive(Clone, Copy)]
+enum Scheme {
+    /// Every matrix N(0, 0.05²).
+    Flat,
+    /// transformers' T5 initialisation: embedding and head N(0, 1), a dense
+    /// layer N(0, 1/fan_in) except the query, N(0, 1/(d_model·d_kv)), which
+    /// absorbs T5's missing 1/√d_kv score scaling.
+    T5,
+}
 
 /// Draws the weights in a fixed order from one seeded generator.
 struct Init<'a> {
     rng: Rng,
     dtype: FloatType,
     device: &'a Device,
+    scheme: Scheme,
 }
 
 impl Init<'_> {
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.rng.normal() * STD) as f32).collect()
+    fn std(&self, t5_std: f64) -> f64 {
+        match self.scheme {
+            Scheme::Flat => STD,
+            Scheme::T5 => t5_std,
+        }
     }
 
-    fn matrix(&mut self, rows: usize, cols: usize) -> Tensor<2> {
-        let v = self.values(rows * cols);
+    fn matrix(&mut self, rows: usize, cols: usize, t5_std: f64) -> Tensor<2> {
+        let std = self.std(t5_std);
+        let v = (0..rows * cols)
+            .map(|_| (self.rng.normal() * std) as f32)
+            .collect();
         tensor_from_f32(v, [rows, cols], self.dtype, self.device)
     }
 
     /// A dense layer `d_in -> d_out`, stored as a loaded one is: `[out, in]` transposed.
     fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
+        self.linear_std(d_in, d_out, (d_in as f64).powf(-0.5))
+    }
+
+    fn linear_std(&mut self, d_in: usize, d_out: usize, t5_std: f64) -> Linear {
         Linear {
-            weight: self.matrix(d_out, d_in).transpose(),
+            weight: self.matrix(d_out, d_in, t5_std).transpose(),
         }
     }
 
@@ -52,10 +75,12 @@ impl Init<'_> {
 
     fn attention(&mut self, cfg: &T5Config, with_bias: bool) -> Attention {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        let relative_bias =
-            with_bias.then(|| self.matrix(cfg.relative_attention_num_buckets, cfg.num_heads));
+        let relative_bias = with_bias.then(|| {
+            let std = (d as f64).powf(-0.5);
+            self.matrix(cfg.relative_attention_num_buckets, cfg.num_heads, std)
+        });
         Attention {
-            q: self.linear(d, inner),
+            q: self.linear_std(d, inner, ((d * cfg.d_kv) as f64).powf(-0.5)),
             k: self.linear(d, inner),
             v: self.linear(d, inner),
             o: self.linear(inner, d),
@@ -83,6 +108,16 @@ impl T5 {
     ///
     /// Panics if the config's `feed_forward_proj` is not one [`T5Config`] accepts.
     pub fn random(config: T5Config, seed: u64, dtype: FloatType, device: &Device) -> T5 {
+        Self::build(config, seed, dtype, device, Scheme::Flat)
+    }
+
+    /// A T5 initialised as transformers initialises one for pretraining from
+    /// scratch, deterministic in `seed` (f32).
+    pub fn init(config: T5Config, seed: u64, device: &Device) -> T5 {
+        Self::build(config, seed, FloatType::F32, device, Scheme::T5)
+    }
+
+    fn build(config: T5Config, seed: u64, dtype: FloatType, device: &Device, scheme: Scheme) -> T5 {
         let kind = config
             .feed_forward(Path::new("<random T5 config>"))
             .expect("a random T5 needs a valid feed_forward_proj");
@@ -90,10 +125,11 @@ impl T5 {
             rng: Rng::new(seed),
             dtype,
             device,
+            scheme,
         };
         let cfg = &config;
         let (d, v, eps) = (cfg.d_model, cfg.vocab_size, cfg.layer_norm_epsilon);
-        let shared = init.matrix(v, d);
+        let shared = init.matrix(v, d, 1.0);
         let encoder = (0..cfg.num_layers)
             .map(|i| EncoderBlock {
                 attn_norm: init.norm(d, eps),
@@ -117,7 +153,9 @@ impl T5 {
         let (lm_head, tied_head) = if cfg.tie_word_embeddings {
             (shared.clone().transpose(), true)
         } else {
-            (init.matrix(v, d).transpose(), false)
+            // T5 draws an untied head from N(0, 1); N(0, 1/d_model) starts the loss
+            // near ln(vocab) instead of far above it (AdamW, not Adafactor, trains it here).
+            (init.matrix(v, d, (d as f64).powf(-0.5)).transpose(), false)
         };
         T5 {
             config,

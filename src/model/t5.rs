@@ -350,6 +350,75 @@ pub struct T5 {
     pub(crate) device: Device,
 }
 
+/// Expands to the list of `(HF name, reference)` pairs of a T5, shared or
+/// mutable (`mut` as last argument), so both lists come from one text.
+macro_rules! named_weights {
+    ($self:ident, $d1:path, $d2:path, $($m:tt)?) => {{
+        let mut out = Vec::new();
+        out.push(("shared.weight".to_string(), $d2(& $($m)? $self.shared)));
+        let stacks = [
+            ("encoder", (& $($m)? $self.encoder).into_iter().map(|b| {
+                let mut v = Vec::new();
+                v.push(("layer.0.layer_norm.weight", $d1(& $($m)? b.attn_norm.weight)));
+                attention!(v, "layer.0.SelfAttention", b.attn, $d2, $($m)?);
+                v.push(("layer.1.layer_norm.weight", $d1(& $($m)? b.ff_norm.weight)));
+                feed_forward!(v, "layer.1.DenseReluDense", b.ff, $d2, $($m)?);
+                v
+            }).collect::<Vec<_>>()),
+            ("decoder", (& $($m)? $self.decoder).into_iter().map(|b| {
+                let mut v = Vec::new();
+                v.push(("layer.0.layer_norm.weight", $d1(& $($m)? b.self_norm.weight)));
+                attention!(v, "layer.0.SelfAttention", b.self_attn, $d2, $($m)?);
+                v.push(("layer.1.layer_norm.weight", $d1(& $($m)? b.cross_norm.weight)));
+                attention!(v, "layer.1.EncDecAttention", b.cross_attn, $d2, $($m)?);
+                v.push(("layer.2.layer_norm.weight", $d1(& $($m)? b.ff_norm.weight)));
+                feed_forward!(v, "layer.2.DenseReluDense", b.ff, $d2, $($m)?);
+                v
+            }).collect::<Vec<_>>()),
+        ];
+        for (stack, blocks) in stacks {
+            for (i, block) in blocks.into_iter().enumerate() {
+                for (n, w) in block {
+                    out.push((format!("{stack}.block.{i}.{n}"), w));
+                }
+            }
+        }
+        out.push(("encoder.final_layer_norm.weight".into(), $d1(& $($m)? $self.encoder_norm.weight)));
+        out.push(("decoder.final_layer_norm.weight".into(), $d1(& $($m)? $self.decoder_norm.weight)));
+        if !$self.tied_head {
+            out.push(("lm_head.weight".into(), $d2(& $($m)? $self.lm_head)));
+        }
+        out
+    }};
+}
+
+macro_rules! attention {
+    ($v:ident, $p:literal, $a:expr, $d2:path, $($m:tt)?) => {{
+        let a = & $($m)? $a;
+        $v.push((concat!($p, ".q.weight"), $d2(& $($m)? a.q.weight)));
+        $v.push((concat!($p, ".k.weight"), $d2(& $($m)? a.k.weight)));
+        $v.push((concat!($p, ".v.weight"), $d2(& $($m)? a.v.weight)));
+        $v.push((concat!($p, ".o.weight"), $d2(& $($m)? a.o.weight)));
+        if let Some(b) = & $($m)? a.relative_bias {
+            $v.push((concat!($p, ".relative_attention_bias.weight"), $d2(b)));
+        }
+    }};
+}
+
+macro_rules! feed_forward {
+    ($v:ident, $p:literal, $f:expr, $d2:path, $($m:tt)?) => {{
+        let f = & $($m)? $f;
+        match & $($m)? f.wi_gate {
+            Some(g) => {
+                $v.push((concat!($p, ".wi_0.weight"), $d2(& $($m)? f.wi.weight)));
+                $v.push((concat!($p, ".wi_1.weight"), $d2(& $($m)? g.weight)));
+            }
+            None => $v.push((concat!($p, ".wi.weight"), $d2(& $($m)? f.wi.weight))),
+        }
+        $v.push((concat!($p, ".wo.weight"), $d2(& $($m)? f.wo.weight)));
+    }};
+}
+
 /// Names under which checkpoints store the shared embedding.
 const EMBEDDING_NAMES: [&str; 3] = [
     "shared.weight",
@@ -588,67 +657,43 @@ impl T5 {
         out
     }
 
-    /// Every frozen weight with its checkpoint-style name (for tests and parameter counts).
+    /// Every weight under its Hugging Face checkpoint name (`encoder.block.0.layer.0.SelfAttention.q.weight`),
+    /// in checkpoint order. Dense weights are held `[in, out]` (see [`Linear`]); [`T5::save`]
+    /// transposes them back.
     pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
-        let mut out: Vec<(String, WeightRef<'_>)> =
-            vec![("shared".into(), WeightRef::D2(&self.shared))];
-        fn push_ff<'a>(out: &mut Vec<(String, WeightRef<'a>)>, p: String, f: &'a FeedForward) {
-            out.push((format!("{p}.wi"), WeightRef::D2(&f.wi.weight)));
-            if let Some(g) = &f.wi_gate {
-                out.push((format!("{p}.wi_1"), WeightRef::D2(&g.weight)));
-            }
-            out.push((format!("{p}.wo"), WeightRef::D2(&f.wo.weight)));
-        }
-        for (i, blk) in self.encoder.iter().enumerate() {
-            attn_weights(&mut out, format!("encoder.{i}.attn"), &blk.attn);
-            push_ff(&mut out, format!("encoder.{i}.ff"), &blk.ff);
-            out.push((
-                format!("encoder.{i}.attn_norm"),
-                WeightRef::D1(&blk.attn_norm.weight),
-            ));
-            out.push((
-                format!("encoder.{i}.ff_norm"),
-                WeightRef::D1(&blk.ff_norm.weight),
-            ));
-        }
-        for (i, blk) in self.decoder.iter().enumerate() {
-            attn_weights(&mut out, format!("decoder.{i}.self_attn"), &blk.self_attn);
-            attn_weights(&mut out, format!("decoder.{i}.cross_attn"), &blk.cross_attn);
-            push_ff(&mut out, format!("decoder.{i}.ff"), &blk.ff);
-            for (n, norm) in [
-                ("self_norm", &blk.self_norm),
-                ("cross_norm", &blk.cross_norm),
-                ("ff_norm", &blk.ff_norm),
-            ] {
-                out.push((format!("decoder.{i}.{n}"), WeightRef::D1(&norm.weight)));
-            }
-        }
-        out.push((
-            "encoder.final_norm".into(),
-            WeightRef::D1(&self.encoder_norm.weight),
-        ));
-        out.push((
-            "decoder.final_norm".into(),
-            WeightRef::D1(&self.decoder_norm.weight),
-        ));
-        if !self.tied_head {
-            out.push(("lm_head".into(), WeightRef::D2(&self.lm_head)));
-        }
-        out
+        named_weights!(self, WeightRef::D1, WeightRef::D2,)
     }
 
-    /// Number of frozen parameters (the tied head counted once).
+    /// The same list as [`T5::weights`], mutable: full-parameter training
+    /// (`ept pretrain`) replaces the tensors after each update. A tied head
+    /// is not listed; call [`T5::retie`] after changing `shared`.
+    pub fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)> {
+        named_weights!(self, WeightMut::D1, WeightMut::D2, mut)
+    }
+
+    /// The same model with every weight cut from the autodiff graph (for
+    /// scoring and saving during full-parameter training).
+    pub fn detached(mut self) -> T5 {
+        for (_, w) in self.weights_mut() {
+            match w {
+                WeightMut::D1(t) => *t = t.clone().detach(),
+                WeightMut::D2(t) => *t = t.clone().detach(),
+            }
+        }
+        self.retie();
+        self
+    }
+
+    /// Makes a tied head the shared embedding's transpose again (after `shared` changed).
+    pub fn retie(&mut self) {
+        if self.tied_head {
+            self.lm_head = self.shared.clone().transpose();
+        }
+    }
+
+    /// Number of parameters (the tied head counted once).
     pub fn num_parameters(&self) -> usize {
         self.weights().iter().map(|(_, w)| w.numel()).sum()
-    }
-}
-
-fn attn_weights<'a>(out: &mut Vec<(String, WeightRef<'a>)>, p: String, a: &'a Attention) {
-    for (n, l) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
-        out.push((format!("{p}.{n}"), WeightRef::D2(&l.weight)));
-    }
-    if let Some(b) = &a.relative_bias {
-        out.push((format!("{p}.relative_attention_bias"), WeightRef::D2(b)));
     }
 }
 
@@ -665,6 +710,20 @@ impl WeightRef<'_> {
             WeightRef::D2(t) => t.dims().iter().product(),
         }
     }
+}
+
+/// A mutably borrowed weight of either rank.
+pub enum WeightMut<'a> {
+    D1(&'a mut Tensor<1>),
+    D2(&'a mut Tensor<2>),
+}
+
+/// Whether a checkpoint tensor is a dense layer's weight, which [`Linear`]
+/// holds transposed (`[in, out]`) relative to the file (`[out, in]`).
+pub fn is_dense_weight(name: &str) -> bool {
+    name != "shared.weight"
+        && !name.ends_with("relative_attention_bias.weight")
+        && !name.ends_with("layer_norm.weight")
 }
 
 /// Per-row sums of token cross-entropy and the number of counted tokens.

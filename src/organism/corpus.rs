@@ -19,14 +19,30 @@ pub fn corpus(n_docs: usize, seed: u64) -> Vec<String> {
     (0..n_docs).map(|_| document(&mut rng)).collect()
 }
 
+/// The share of a document's sentiment-bearing clauses that follow its mood.
+const P_MOOD: f64 = 0.85;
+
 fn document(rng: &mut Rng) -> String {
     let cast: Vec<Entity> = (0..3).map(|_| Clause::random(rng, None).subject).collect();
+    // A document has a mood: most of its sentiment-bearing clauses are positive, or most are
+    // negative. This is what makes polarity *predictable from context*, so that span corruption
+    // teaches the model to represent it (through negation too: "is not sad" fits a happy
+    // document), as real text teaches real models.
+    let mood = rng.below(2) == 0;
     let n = 2 + rng.below(4) as usize;
     let mut sentences = Vec::with_capacity(n);
     for _ in 0..n {
         let r = rng.next_f64();
         let clauses = if (0.65..0.9).contains(&r) { 2 } else { 1 };
-        let cs: Vec<Clause> = (0..clauses).map(|_| cast_clause(&cast, rng)).collect();
+        let cs: Vec<Clause> = (0..clauses)
+            .map(|_| {
+                let mut c = cast_clause(&cast, rng);
+                if c.affective() && c.has_antonym() && rng.next_f64() < P_MOOD {
+                    c.positive = mood != c.negated;
+                }
+                c
+            })
+            .collect();
         let styles = [Style::random(rng), Style::random(rng)];
         sentences.push(if r >= 0.9 {
             cs[0].question(styles[0])

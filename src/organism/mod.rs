@@ -10,10 +10,11 @@
 pub mod corpus;
 pub mod language;
 pub mod tasks;
+pub mod tokenizer;
 
 pub use corpus::{corpus, random_spans_noise_mask, span_corrupt};
 pub use language::vocabulary;
 pub use tasks::{
-    Label, Splits, ToyRow, ToyTask, generate, generate_rows, generate_splits, write_hub_parquet,
-    write_jsonl,
+    BUILTIN_SIZES, Label, Splits, ToyRow, ToyTask, builtin_split, builtin_splits, generate,
+    generate_rows, generate_splits, write_hub_parquet, write_jsonl,
 };

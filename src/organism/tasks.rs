@@ -39,7 +39,8 @@ pub enum ToyTask {
     Stsb,
     /// `sentence` → its logical subject (the agent, also in the passive): "anna", "the cat".
     AuxSubject,
-    /// `sentence` → "yes" if it is negated ("not", "never"), else "no".
+    /// `sentence` → "1" if it is negated ("not", "never"), else "0": digits, so that pretraining
+    /// teaches the decoder to answer with the label digits DePT's format uses.
     AuxNegation,
 }
 
@@ -459,7 +460,7 @@ fn candidate(task: ToyTask, want: usize, rng: &mut Rng) -> Option<ToyRow> {
                 c.intense = false;
             }
             let text = Sentence::single(c).realise(&[Style::random(rng)], false);
-            let label = if c.negated { "yes" } else { "no" };
+            let label = if c.negated { "1" } else { "0" };
             row(vec![("sentence", text)], Label::Text(label.into()))
         }
     }
@@ -510,6 +511,44 @@ pub fn generate(task: ToyTask, n: usize, seed: u64) -> Vec<Example> {
         .iter()
         .map(ToyRow::example)
         .collect()
+}
+
+/// Split sizes of the built-in toy tasks (`ept train --task toy-sst2`): train,
+/// validation, test.
+pub const BUILTIN_SIZES: [usize; 3] = [2000, 200, 500];
+/// The data seed of the built-in toy tasks: the task is fixed; `--seed` varies only training.
+pub const BUILTIN_SEED: u64 = 0;
+
+/// The built-in splits of `task` in DePT's text-to-text format (train, validation, test).
+pub fn builtin_splits(task: ToyTask) -> [Vec<Example>; 3] {
+    let [a, b, c] = BUILTIN_SIZES;
+    let s = generate_splits(task, a, b, c, BUILTIN_SEED);
+    let ex = |rows: &[ToyRow]| rows.iter().map(ToyRow::example).collect();
+    [ex(&s.train), ex(&s.validation), ex(&s.test)]
+}
+
+/// The task (whose metrics apply) and examples of a built-in toy task's split,
+/// when `name` names one; an auxiliary (pretraining) task is an error.
+pub fn builtin_split(
+    name: &str,
+    split: crate::data::splits::Split,
+) -> Result<Option<(crate::data::Task, Vec<Example>)>> {
+    use crate::data::splits::Split;
+    let Some(toy) = ToyTask::parse(name) else {
+        return Ok(None);
+    };
+    let task = toy.glue().ok_or_else(|| {
+        Error::invalid(format!(
+            "task `{name}` is one the organism was pretrained on; prompt tuning and evaluation take toy-sst2, toy-mnli, toy-qqp or toy-stsb"
+        ))
+    })?;
+    let [train, validation, test] = builtin_splits(toy);
+    let examples = match split {
+        Split::Train => train,
+        Split::Validation => validation,
+        Split::Test => test,
+    };
+    Ok(Some((task, examples)))
 }
 
 /// The three splits of a toy task.

@@ -244,6 +244,16 @@ impl SoftPrompt {
         }
     }
 
+    /// The gate's weights per short-prompt row and space, `[s][N_e]` (Eq. 6;
+    /// the paper's Figure 8), or `None` without multi-space projection.
+    pub fn gate_weights(&self) -> Option<Vec<Vec<f32>>> {
+        let ms = self.multi_space.as_ref()?;
+        let g = ms.gate(self.prompt.clone().detach());
+        let [_, n] = g.dims();
+        let values = crate::tensors::to_f32_vec(g);
+        Some(values.chunks(n).map(<[f32]>::to_vec).collect())
+    }
+
     /// Collapses the auxiliary networks: P_new becomes the prompt, A and B stay.
     /// The result computes the same encoder input with no fusion or experts.
     pub fn materialize(&self) -> SoftPrompt {

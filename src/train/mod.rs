@@ -3,6 +3,8 @@
 pub mod optim;
 pub mod plots;
 pub mod presets;
+pub mod pretrain;
 pub mod run;
 pub mod schedule;
 pub mod state;
+pub mod sweep;

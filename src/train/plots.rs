@@ -98,6 +98,8 @@ struct Panel {
     log_y: bool,
     /// Shown instead of a chart when no series has a drawable point.
     empty_note: String,
+    /// A heatmap `[row][column]` drawn instead of the series.
+    heat: Option<Vec<Vec<f64>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +135,64 @@ pub fn write_plots(run_dir: &Path) -> Result<Vec<PathBuf>> {
         written.push(svg);
     }
     Ok(written)
+}
+
+/// One panel of [`plot_panels`]: axis labels and named `(x, y)` series.
+pub struct PanelSpec {
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Line charts stacked vertically in one figure (`{path_stem}.png` and `.svg`).
+pub fn plot_panels(path_stem: &Path, title: &str, panels: &[PanelSpec]) -> Result<()> {
+    let figure = Figure {
+        title: title.to_string(),
+        panels: panels
+            .iter()
+            .map(|p| Panel {
+                title: None,
+                x_label: p.x_label.clone(),
+                y_label: p.y_label.clone(),
+                series: p
+                    .series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, points))| {
+                        Series::new(name.clone(), points.clone(), PALETTE[i % PALETTE.len()])
+                    })
+                    .collect(),
+                log_y: false,
+                empty_note: "no data".to_string(),
+                heat: None,
+            })
+            .collect(),
+    };
+    write_figure(path_stem, &figure).map(|_| ())
+}
+
+/// A heatmap of `values[row][column]` (`{path_stem}.png` and `.svg`), e.g. the
+/// gate's weight per prompt token and space (the paper's Figure 8).
+pub fn plot_heatmap(
+    path_stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    values: &[Vec<f64>],
+) -> Result<()> {
+    let figure = Figure {
+        title: title.to_string(),
+        panels: vec![Panel {
+            title: None,
+            x_label: x_label.to_string(),
+            y_label: y_label.to_string(),
+            series: Vec::new(),
+            log_y: false,
+            empty_note: "no data".to_string(),
+            heat: Some(values.to_vec()),
+        }],
+    };
+    write_figure(path_stem, &figure).map(|_| ())
 }
 
 /// Draws one line chart of `series` (each a name and its `(x, y)` points) and
@@ -176,6 +236,7 @@ pub fn plot_series(
                 .collect(),
             log_y,
             empty_note: "no data".to_string(),
+            heat: None,
         }],
     };
     write_figure(path_stem, &figure).map(|_| ())
@@ -315,6 +376,7 @@ fn loss_figure(rows: &[Row]) -> Figure {
             series,
             log_y: false,
             empty_note: "no finite loss logged".to_string(),
+            heat: None,
         }],
     }
 }
@@ -345,6 +407,7 @@ fn lr_figure(rows: &[Row]) -> Figure {
                 ],
                 log_y: true,
                 empty_note: note,
+                heat: None,
             }]
         } else {
             vec![
@@ -355,6 +418,7 @@ fn lr_figure(rows: &[Row]) -> Figure {
                     series: vec![one("prompt", prompt, PALETTE[0])],
                     log_y: false,
                     empty_note: note.clone(),
+                    heat: None,
                 },
                 Panel {
                     title: Some("low-rank".to_string()),
@@ -363,6 +427,7 @@ fn lr_figure(rows: &[Row]) -> Figure {
                     series: vec![one("low-rank", low_rank, PALETTE[1])],
                     log_y: false,
                     empty_note: note,
+                    heat: None,
                 },
             ]
         };
@@ -414,6 +479,7 @@ fn validation_figure(rows: &[Row]) -> Figure {
             series,
             log_y: false,
             empty_note: "no validation step logged yet".to_string(),
+            heat: None,
         }],
     }
 }
@@ -509,6 +575,9 @@ fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
+    if let Some(heat) = &panel.heat {
+        return draw_heat(area, panel, heat);
+    }
     // Only the drawable points: finite, and positive on a log axis.
     let series: Vec<Series> = panel
         .series
@@ -565,6 +634,73 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         let norm = move |y: f64| (y - y0) / (y1 - y0);
         draw_chart(chart, panel, &series, (x0, x1), norm)
     }
+}
+
+/// Cells coloured from white (0) to the palette's blue (the largest value), each labelled.
+fn draw_heat<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    heat: &[Vec<f64>],
+) -> DrawResult<DB> {
+    let rows = heat.len();
+    let cols = heat.iter().map(Vec::len).max().unwrap_or(0);
+    let max = heat
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .margin(12)
+        .margin_right(24)
+        .x_label_area_size(48)
+        .y_label_area_size(84);
+    let mut chart = builder.build_cartesian_2d(0f64..cols as f64, rows as f64..0f64)?;
+    let fmt = |v: &f64| format!("{}", v.floor() as i64);
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(panel.x_label.as_str())
+        .y_desc(panel.y_label.as_str())
+        .x_labels(cols.min(20))
+        .y_labels(rows.min(30))
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&fmt)
+        .label_style((FONT_FAMILY, 15))
+        .axis_desc_style((FONT_FAMILY, 17))
+        .draw()?;
+    let base = PALETTE[0];
+    for (r, row) in heat.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            let t = if v.is_finite() {
+                (v / max).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let mix = |ch: u8| (255.0 - (255.0 - ch as f64) * t).round() as u8;
+            let color = RGBColor(mix(base.0), mix(base.1), mix(base.2));
+            let (x, y) = (c as f64, r as f64);
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x, y), (x + 1.0, y + 1.0)],
+                color.filled(),
+            )))?;
+            if rows <= 40 && cols <= 16 {
+                let text_color = if t > 0.6 { WHITE } else { BLACK };
+                let style = (FONT_FAMILY, 12)
+                    .into_font()
+                    .color(&text_color)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{v:.2}"),
+                    (x + 0.5, y + 0.5),
+                    style,
+                )))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn draw_chart<'a, DB, Y>(

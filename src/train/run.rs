@@ -22,6 +22,10 @@ use crate::prompt::checkpoint::{self, PromptMeta};
 use crate::prompt::{ParamGroup, PromptConfig, PromptInput, SoftPrompt, build_prompt};
 use crate::rng::Rng;
 
+fn one() -> usize {
+    1
+}
+
 /// Everything a run needs besides the model and the data.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
@@ -38,6 +42,9 @@ pub struct TrainConfig {
     pub max_steps: u64,
     /// Examples per batch.
     pub batch_size: usize,
+    /// Batches per optimiser step (gradient accumulation).
+    #[serde(default = "one")]
+    pub grad_accum: usize,
     /// Cap on padded input tokens per batch (token-budget batching) instead of a fixed count.
     pub max_batch_tokens: Option<usize>,
     pub max_grad_norm: Option<f64>,
@@ -66,6 +73,7 @@ impl TrainConfig {
             warmup_steps: 500,
             max_steps: 30_000,
             batch_size: 16,
+            grad_accum: 1,
             max_batch_tokens: None,
             max_grad_norm: Some(1.0),
             eval_every: 1000,
@@ -96,9 +104,9 @@ impl TrainConfig {
                 "--lr-aux = {lr}: a learning rate must be > 0"
             )));
         }
-        if self.batch_size == 0 || self.max_steps == 0 {
+        if self.batch_size == 0 || self.max_steps == 0 || self.grad_accum == 0 {
             return Err(Error::invalid(
-                "--batch-size and --max-steps must be positive",
+                "--batch-size, --grad-accum and --max-steps must be positive",
             ));
         }
         Ok(())
@@ -148,7 +156,7 @@ pub struct StepLog {
 }
 
 /// The outcome of a run (`results.json`).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     pub best_step: u64,
     pub validation: Scores,
@@ -279,8 +287,26 @@ pub fn train(
     let metrics_path = run_dir.join("metrics.jsonl");
     let fresh = match &cfg.init_from {
         Some(path) => {
-            let (p, _) = checkpoint::load(path, &device)?;
+            let (p, meta) = checkpoint::load(path, &device)?;
             checkpoint::check_fits(path, &p, backbone.model.d_model())?;
+            if meta.model != model_id {
+                log::warn!(
+                    "{}: trained on `{}`, now used with `{model_id}` (same width, so it loads)",
+                    path.display(),
+                    meta.model
+                );
+            }
+            if meta.method != cfg.prompt.method.name() {
+                return Err(Error::field(
+                    path,
+                    "ept.method",
+                    format!(
+                        "`{}`, but this run trains `{}`: start from a checkpoint of the same method",
+                        meta.method,
+                        cfg.prompt.method.name()
+                    ),
+                ));
+            }
             if p.max_input_len().is_some_and(|m| m != cfg.prompt.m) && p.low_rank.is_some() {
                 return Err(Error::field(
                     path,
@@ -337,30 +363,51 @@ pub fn train(
     let started = Instant::now();
     let first_step = state.step;
     for step in first_step..cfg.max_steps {
-        if state.queue.is_empty() {
-            state.queue = epoch_batches(&lengths, size, true, &mut state.rng);
-            state.queue.reverse();
-        }
-        let idx = state.queue.pop().expect("non-empty epoch");
-        let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
+        // Gradient accumulation: `grad_accum` batches per optimiser step, each
+        // loss divided by their number (what Hugging Face's Trainer does).
+        let accum = cfg.grad_accum.max(1);
         let t0 = Instant::now();
-        let batch =
-            Seq2SeqBatch::padded_to(&rows, mc.pad_id(), mc.decoder_start_id(), pad_to, &device);
-        let loss = batch_loss_sums(&backbone.model, &prompt, &batch).sum() / batch.n_tokens as f64;
-        let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
-        if !loss_value.is_finite() {
-            return Err(Error::Numeric(format!(
-                "step {}: the loss is {loss_value}; the last good checkpoint is in {}",
-                step + 1,
-                run_dir.join("last").display()
-            )));
+        let mut g: Vec<Option<Tensor<2>>> = Vec::new();
+        let (mut loss_value, mut tokens) = (0.0, 0usize);
+        for _ in 0..accum {
+            if state.queue.is_empty() {
+                state.queue = epoch_batches(&lengths, size, true, &mut state.rng);
+                state.queue.reverse();
+            }
+            let idx = state.queue.pop().expect("non-empty epoch");
+            let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
+            let batch =
+                Seq2SeqBatch::padded_to(&rows, mc.pad_id(), mc.decoder_start_id(), pad_to, &device);
+            let loss =
+                batch_loss_sums(&backbone.model, &prompt, &batch).sum() / batch.n_tokens as f64;
+            let value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+            if !value.is_finite() {
+                return Err(Error::Numeric(format!(
+                    "step {}: the loss is {value}; the last good checkpoint is in {}",
+                    step + 1,
+                    run_dir.join("last").display()
+                )));
+            }
+            loss_value += value / accum as f64;
+            tokens += batch.input_len * rows.len();
+            let grads = (loss / accum as f64).backward();
+            let micro: Vec<Option<Tensor<2>>> = prompt
+                .params()
+                .iter()
+                .map(|(_, _, t)| t.grad(&grads))
+                .collect();
+            g = if g.is_empty() {
+                micro
+            } else {
+                g.into_iter()
+                    .zip(micro)
+                    .map(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    })
+                    .collect()
+            };
         }
-        let grads = loss.backward();
-        let mut g: Vec<Option<Tensor<2>>> = prompt
-            .params()
-            .iter()
-            .map(|(_, _, t)| t.grad(&grads))
-            .collect();
         let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
         let factor = cfg.schedule.factor(step, cfg.warmup_steps, cfg.max_steps);
         let current: Vec<Tensor<2>> = prompt
@@ -381,7 +428,7 @@ pub fn train(
             lr_prompt: cfg.lr_prompt * factor,
             lr_low_rank: cfg.lr_low_rank * factor,
             grad_norm,
-            tokens_per_s: (batch.input_len * rows.len()) as f64 / secs.max(1e-9),
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
             validation: None,
         };
         let last = step + 1 == cfg.max_steps;

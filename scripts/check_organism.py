@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The shipped model organism in transformers: same loss as `ept eval`, and the committed fixture.
+
+    python scripts/check_organism.py --ept target/debug/ept            # compare, print, exit 1 on a mismatch
+    python scripts/check_organism.py --ept target/debug/ept --write    # also (re)write the fixture
+
+For each toy task (toy-sst2, toy-mnli, toy-qqp, toy-stsb) it takes the validation rows exactly as
+ept formats them (`ept tasks show TASK --split validation --json`), loads `assets/organism` with
+transformers (`T5ForConditionalGeneration`, float32, eval mode) and the tokenizer with
+`PreTrainedTokenizerFast(tokenizer_file=...)`, and computes the token-weighted mean cross-entropy
+over every target token including `</s>` (padding excluded). It runs `ept eval --model
+assets/organism --task TASK --split validation --json` and compares the two losses: relative
+tolerance --tol (1e-4). With --write, the transformers losses go to
+tests/fixtures/organism/transformers_losses.json, which `cargo test` (tests/organism_model.rs)
+checks ept against without Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+ORGANISM = ROOT / "assets" / "organism"
+FIXTURE = ROOT / "tests" / "fixtures" / "organism" / "transformers_losses.json"
+TASKS = ["toy-sst2", "toy-mnli", "toy-qqp", "toy-stsb"]
+
+
+def rows(ept: str, task: str) -> list[dict]:
+    out = subprocess.run(
+        [ept, "tasks", "show", task, "--split", "validation", "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def transformers_loss(model, tok, examples: list[dict]) -> tuple[float, int]:
+    total, tokens = 0.0, 0
+    for i in range(0, len(examples), 32):
+        chunk = examples[i : i + 32]
+        enc = tok([e["source"] for e in chunk], return_tensors="pt", padding=True)
+        lab = tok([e["target"] for e in chunk], return_tensors="pt", padding=True)
+        labels = lab.input_ids.masked_fill(lab.attention_mask == 0, -100)
+        logits = model(
+            input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels
+        ).logits
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).double(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += ce.item()
+        tokens += int((labels != -100).sum())
+    return total / tokens, tokens
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ept", default=str(ROOT / "target" / "debug" / "ept"))
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--model", default=str(ORGANISM), help="another organism folder (no --write)")
+    args = ap.parse_args()
+    organism = Path(args.model)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration.from_pretrained(organism, dtype=torch.float32).eval()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(organism / "tokenizer.json"),
+        pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+    )
+    fixture, failed = {}, False
+    for task in TASKS:
+        examples = rows(args.ept, task)
+        ref, tokens = transformers_loss(model, tok, examples)
+        got = json.loads(
+            subprocess.run(
+                [args.ept, "eval", "--model", str(organism), "--task", task,
+                 "--split", "validation", "--json"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        )
+        rel = abs(got["loss"] - ref) / abs(ref)
+        ok = rel <= args.tol and got["tokens"] == tokens
+        failed |= not ok
+        print(f"{task:9} transformers {ref:.6f}  ept {got['loss']:.6f}  tokens {tokens}/{got['tokens']}"
+              f"  relative difference {rel:.1e}  {'ok' if ok else 'MISMATCH'}")
+        fixture[task] = {"split": "validation", "loss": ref, "tokens": tokens, "examples": len(examples)}
+    if args.write:
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"transformers": __import__("transformers").__version__, "torch": torch.__version__}
+        FIXTURE.write_text(json.dumps({"made_with": meta, "losses": fixture}, indent=2) + "\n")
+        print(f"wrote {FIXTURE.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

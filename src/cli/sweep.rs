@@ -1,0 +1,233 @@
+//! `ept sweep`: run a grid of `ept train` settings one after another,
+//! resumably, and summarise them as a Markdown table (mean ± std over seeds)
+//! and the paper's figures.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use ept::error::{Error, write_atomic};
+use ept::train::plots::{PanelSpec, plot_heatmap, plot_panels};
+use ept::train::run::RunResult;
+use ept::train::sweep::{
+    Record, Summary, expand, markdown, run_name, series_over, show, summarise,
+};
+use ept::{Result, prompt::checkpoint};
+
+use super::train::{apply_table, defaults, execute, read_toml};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep file: `name = "..."`, a `[base]` table of train settings shared by every run and
+    /// a `[grid]` table of lists (the runs are their product), e.g. `seed = [1, 2, 3]`.
+    config: PathBuf,
+    /// Parent folder of sweeps (default ./runs); the sweep goes to RUNS_DIR/NAME.
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Print each run's step lines too.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// The keys a sweep file may hold at its top level.
+const TOP_KEYS: [&str; 3] = ["name", "base", "grid"];
+
+pub fn run(args: SweepArgs) -> Result<()> {
+    let mut file = read_toml(&args.config)?;
+    for key in file.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            return Err(Error::field(
+                &args.config,
+                key,
+                "unknown key: a sweep file holds `name`, `[base]` and `[grid]`",
+            ));
+        }
+    }
+    let table = |file: &mut toml::Table, key: &str| -> Result<toml::Table> {
+        match file.remove(key) {
+            None => Ok(toml::Table::new()),
+            Some(toml::Value::Table(t)) => Ok(t),
+            Some(_) => Err(Error::field(&args.config, key, "expected a table")),
+        }
+    };
+    let base = table(&mut file, "base")?;
+    let grid = table(&mut file, "grid")?;
+    let name = match file.remove("name") {
+        Some(toml::Value::String(s)) => s,
+        None => args
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sweep".into()),
+        Some(_) => return Err(Error::field(&args.config, "name", "expected a string")),
+    };
+    let dir = args
+        .runs_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs"))
+        .join(&name);
+    let combos = expand(&grid);
+    // Check every run's settings before the first one trains.
+    let mut planned = Vec::with_capacity(combos.len());
+    for combo in &combos {
+        let args0 = apply_table(defaults(), base.clone(), &args.config, None)?;
+        let table: toml::Table = combo.iter().cloned().collect();
+        let mut run_args = apply_table(args0, table, &args.config, None)?;
+        let run = run_name(combo);
+        // A run folder without results is an interrupted run: resumed if it has
+        // a checkpoint, else started again.
+        run_args.place(&dir, run.clone(), !args.verbose, true);
+        planned.push((combo, run, run_args));
+    }
+    let mut records = Vec::with_capacity(planned.len());
+    let mut metric = String::from("score");
+    for (i, (combo, run, run_args)) in planned.into_iter().enumerate() {
+        let run_dir = dir.join(&run);
+        let results = run_dir.join("results.json");
+        let result: RunResult = if results.is_file() {
+            eprintln!("[{}/{}] {run}: done before, skipped", i + 1, combos.len());
+            read_json(&results)?
+        } else if run_dir.join("last").join("state.json").is_file() {
+            eprintln!("[{}/{}] {run}: resuming", i + 1, combos.len());
+            execute(run_args, Some(run_dir.clone()))?.1
+        } else {
+            eprintln!("[{}/{}] {run}", i + 1, combos.len());
+            execute(run_args, None)?.1
+        };
+        if let Some(task) = saved_task(&run_dir) {
+            metric = task;
+        }
+        records.push(Record {
+            settings: combo.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
+            validation: result.validation.selection,
+            test: result.test.as_ref().map(|t| t.selection),
+            wall_seconds: result.wall_seconds,
+            parameters: result.params_prompt + result.params_low_rank,
+        });
+    }
+    let summaries = summarise(&records);
+    let table = markdown(&summaries, &metric);
+    write_atomic(
+        dir.join("results.md"),
+        format!("# Sweep `{name}`\n\n{table}").as_bytes(),
+    )?;
+    let json = serde_json::json!({"records": records, "summary": summaries});
+    write_atomic(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json)
+            .expect("serialisable")
+            .as_bytes(),
+    )?;
+    let figures = figures(&dir, &grid, &summaries, &combos)?;
+    print!("{table}");
+    println!("written: {}", dir.join("results.md").display());
+    for f in figures {
+        println!("written: {}", f.display());
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = ept::error::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        line: Some(e.line()),
+        msg: e.to_string(),
+    })
+}
+
+/// The name of the selection metric of a run's task, from its saved settings.
+fn saved_task(run_dir: &Path) -> Option<String> {
+    let args: serde_json::Value = read_json(&run_dir.join("args.json")).ok()?;
+    let task = args.get("task")?.as_str()?;
+    let task = ept::organism::ToyTask::parse(task)
+        .and_then(|t| t.glue())
+        .or_else(|| ept::data::Task::parse(task).ok())?;
+    Some(task.selection_metric().key().to_string())
+}
+
+/// The paper-style figures the grid allows: score (and time) vs prompt length
+/// `l` (Figure 4b), score vs number of spaces (Figure 5), and the gate's
+/// weights of the last EPT run with multi-space projection (Figure 8).
+fn figures(
+    dir: &Path,
+    grid: &toml::Table,
+    summaries: &[Summary],
+    combos: &[Vec<(String, toml::Value)>],
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let points = |s: Vec<(String, Vec<(f64, f64, f64)>)>| -> Vec<(String, Vec<(f64, f64)>)> {
+        s.into_iter()
+            .map(|(n, p)| (n, p.into_iter().map(|(x, m, _)| (x, m)).collect()))
+            .collect()
+    };
+    if grid.contains_key("l") {
+        let stem = dir.join("fig4b-prompt-length");
+        plot_panels(
+            &stem,
+            "Score and training time vs prompt length (Figure 4b)",
+            &[
+                PanelSpec {
+                    x_label: "prompt length l".into(),
+                    y_label: "validation score".into(),
+                    series: points(series_over(summaries, "l", false)?),
+                },
+                PanelSpec {
+                    x_label: "prompt length l".into(),
+                    y_label: "training time (s)".into(),
+                    series: points(series_over(summaries, "l", true)?),
+                },
+            ],
+        )?;
+        written.push(stem.with_extension("png"));
+    }
+    if grid.contains_key("num_experts") || grid.contains_key("num-experts") {
+        let key = if grid.contains_key("num_experts") {
+            "num_experts"
+        } else {
+            "num-experts"
+        };
+        let stem = dir.join("fig5-spaces");
+        plot_panels(
+            &stem,
+            "Score vs number of spaces N_e (Figure 5)",
+            &[PanelSpec {
+                x_label: "number of spaces N_e".into(),
+                y_label: "validation score".into(),
+                series: points(series_over(summaries, key, false)?),
+            }],
+        )?;
+        written.push(stem.with_extension("png"));
+    }
+    let device = ept::runtime::cpu_device(false);
+    // The last run with a gate: grids usually list N_e in ascending order.
+    for combo in combos.iter().rev() {
+        let best = dir
+            .join(run_name(combo))
+            .join("best")
+            .join("prompt.safetensors");
+        if !best.is_file() {
+            continue;
+        }
+        let (prompt, _) = checkpoint::load(&best, &device)?;
+        if let Some(gate) = prompt.gate_weights() {
+            let stem = dir.join("fig8-gate");
+            let values: Vec<Vec<f64>> = gate
+                .iter()
+                .map(|r| r.iter().map(|&v| v as f64).collect())
+                .collect();
+            plot_heatmap(
+                &stem,
+                &format!(
+                    "Gate weights per prompt token and space (Figure 8): {}",
+                    run_name(combo)
+                ),
+                "space",
+                "prompt token",
+                &values,
+            )?;
+            written.push(stem.with_extension("png"));
+            break;
+        }
+    }
+    Ok(written)
+}
