@@ -79,7 +79,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         planned.push((combo, run, run_args));
     }
     let mut records = Vec::with_capacity(planned.len());
-    let mut metric = String::from("score");
+    let mut metrics: Vec<String> = Vec::new();
     for (i, (combo, run, run_args)) in planned.into_iter().enumerate() {
         let run_dir = dir.join(&run);
         let results = run_dir.join("results.json");
@@ -93,8 +93,10 @@ pub fn run(args: SweepArgs) -> Result<()> {
             eprintln!("[{}/{}] {run}", i + 1, combos.len());
             execute(run_args, None)?.1
         };
-        if let Some(task) = saved_task(&run_dir) {
-            metric = task;
+        if let Some(m) = saved_task(&run_dir)
+            && !metrics.contains(&m)
+        {
+            metrics.push(m);
         }
         records.push(Record {
             settings: combo.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
@@ -104,6 +106,11 @@ pub fn run(args: SweepArgs) -> Result<()> {
             parameters: result.params_prompt + result.params_low_rank,
         });
     }
+    // One metric name when every run's task selects by the same one.
+    let metric = match metrics.as_slice() {
+        [one] => one.clone(),
+        _ => "score".to_string(),
+    };
     let summaries = summarise(&records);
     let table = markdown(&summaries, &metric);
     write_atomic(

@@ -42,6 +42,13 @@ pub enum ToyTask {
     /// `sentence` → "1" if it is negated ("not", "never"), else "0": digits, so that pretraining
     /// teaches the decoder to answer with the label digits DePT's format uses.
     AuxNegation,
+    /// `sentence` (one clause of any family with two poles) → "1" if it asserts the family's
+    /// first pole, else "0": the composition of negation with a pole ("is not small" = big,
+    /// "does not hate" = likes). For sentiment-bearing families the first pole is the positive
+    /// one, so this is where the model meets polarity; `toy-sst2` asks for the sentiment of
+    /// one- *and two-clause* sentences (with "and"/"but" and neutral clauses), without a task
+    /// prefix, in another format.
+    AuxTruth,
 }
 
 /// A row's label as the HF data set would store it.
@@ -69,7 +76,10 @@ impl ToyRow {
     /// task name first), target the label as text (STS-B rounded as DePT does).
     pub fn example(&self) -> Example {
         let mut pieces: Vec<String> = Vec::new();
-        if matches!(self.task, ToyTask::AuxSubject | ToyTask::AuxNegation) {
+        if matches!(
+            self.task,
+            ToyTask::AuxSubject | ToyTask::AuxNegation | ToyTask::AuxTruth
+        ) {
             pieces.push(self.task.name().to_string());
         }
         pieces.extend(self.columns.iter().map(|(c, v)| format!("{c}: {v}")));
@@ -88,13 +98,14 @@ impl ToyRow {
 }
 
 impl ToyTask {
-    pub const ALL: [ToyTask; 6] = [
+    pub const ALL: [ToyTask; 7] = [
         ToyTask::Sst2,
         ToyTask::Mnli,
         ToyTask::Qqp,
         ToyTask::Stsb,
         ToyTask::AuxSubject,
         ToyTask::AuxNegation,
+        ToyTask::AuxTruth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +116,7 @@ impl ToyTask {
             ToyTask::Stsb => "toy-stsb",
             ToyTask::AuxSubject => "aux-subject",
             ToyTask::AuxNegation => "aux-negation",
+            ToyTask::AuxTruth => "aux-truth",
         }
     }
 
@@ -120,7 +132,7 @@ impl ToyTask {
             ToyTask::Mnli => Some(Task::Mnli),
             ToyTask::Qqp => Some(Task::Qqp),
             ToyTask::Stsb => Some(Task::Stsb),
-            ToyTask::AuxSubject | ToyTask::AuxNegation => None,
+            ToyTask::AuxSubject | ToyTask::AuxNegation | ToyTask::AuxTruth => None,
         }
     }
 
@@ -128,7 +140,7 @@ impl ToyTask {
     /// fields changed between the two sentences (0–5), which spreads scores over the range.
     fn strata(self) -> usize {
         match self {
-            ToyTask::Sst2 | ToyTask::Qqp | ToyTask::AuxNegation => 2,
+            ToyTask::Sst2 | ToyTask::Qqp | ToyTask::AuxNegation | ToyTask::AuxTruth => 2,
             ToyTask::Mnli => 3,
             ToyTask::Stsb => 6,
             ToyTask::AuxSubject => 1,
@@ -452,6 +464,18 @@ fn candidate(task: ToyTask, want: usize, rng: &mut Rng) -> Option<ToyRow> {
                 vec![("sentence", text)],
                 Label::Text(c.subject.phrase(None)),
             )
+        }
+        ToyTask::AuxTruth => {
+            let mut c = Clause::random(rng, None);
+            if !c.has_antonym() {
+                return None;
+            }
+            if c.truth() != (want == 1) {
+                c.positive = !c.positive;
+            }
+            let text = Sentence::single(c).realise(&[Style::random(rng)], false);
+            let label = if c.truth() { "1" } else { "0" };
+            row(vec![("sentence", text)], Label::Text(label.into()))
         }
         ToyTask::AuxNegation => {
             let mut c = Clause::random(rng, None);

@@ -51,6 +51,23 @@ pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<
         .map_err(|e| Error::invalid(format!("tokenizer trainer: {e}")))?;
     let mut trainer = TrainerWrapper::UnigramTrainer(trainer);
     tk.train(&mut trainer, texts.iter()).map_err(fail)?;
+    // The trainer sums over hash maps in a random order, so the scores differ
+    // in their last digits from run to run, and it gives characters it must
+    // keep scores a step apart in hash order. Rounding the scores to 1e-3 and
+    // ordering equal scores by text makes the tokenizer the same for the same texts.
+    let ModelWrapper::Unigram(trained) = tk.get_model() else {
+        unreachable!("a Unigram trainer trains a Unigram model")
+    };
+    let mut pieces: Vec<(String, f64)> = trained
+        .iter()
+        .map(|(p, s)| (p.clone(), (s * 1e3).round() / 1e3))
+        .collect();
+    // Pieces of equal score come out in either order, and the order is the ids:
+    // after the special tokens, by score, then by text.
+    pieces[SPECIAL.len()..].sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let unk = pieces.iter().position(|(p, _)| p == "<unk>");
+    let rounded = Unigram::from(pieces, unk, false).map_err(fail)?;
+    tk.with_model(ModelWrapper::Unigram(rounded));
     let sentinels: Vec<AddedToken> = (0..n_sentinels)
         .rev()
         .map(|i| AddedToken::from(sentinel(i), true))

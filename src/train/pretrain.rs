@@ -3,7 +3,7 @@
 //!
 //! The recipe is T5's: span corruption (15% noise, mean span 3, one sentinel
 //! per span) on a generated corpus, with supervised tasks mixed in as T5 itself
-//! did. The mixed-in tasks (`aux-subject`, `aux-negation`) are *not* the toy
+//! did. The mixed-in tasks (`aux-subject`, `aux-negation`, `aux-truth`) are *not* the toy
 //! tasks prompt tuning is evaluated on (`toy-sst2`, `toy-mnli`, …), so what a
 //! prompt achieves on those is the prompt's doing. Everything is seeded: the
 //! corpus, the tokenizer's training text, the weights' initialisation, the
@@ -77,7 +77,7 @@ impl Default for PretrainConfig {
             warmup_steps: 100,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
-            supervised_fraction: 0.25,
+            supervised_fraction: 0.5,
             documents: 20_000,
             supervised_examples: 5_000,
             vocab_size: 512,
@@ -215,7 +215,6 @@ pub fn pretrain(
         ));
     }
     let started = Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let all_docs = corpus(cfg.documents + cfg.eval_documents, cfg.seed);
     let tk = tokenizer::train(
         &tokenizer_texts(cfg, &all_docs),
@@ -225,7 +224,6 @@ pub fn pretrain(
     let tk_json = tk
         .to_string(true)
         .map_err(|e| Error::invalid(format!("organism tokenizer: {e}")))?;
-    write_atomic(out.join("tokenizer.json"), tk_json.as_bytes())?;
     let id = |t: &str| {
         tk.token_to_id(t)
             .ok_or_else(|| Error::invalid(format!("organism tokenizer lacks `{t}`")))
@@ -235,7 +233,7 @@ pub fn pretrain(
             .iter()
             .map(|d| encode(&tk, d, false))
             .collect::<Result<_>>()?,
-        supervised: [ToyTask::AuxSubject, ToyTask::AuxNegation]
+        supervised: [ToyTask::AuxSubject, ToyTask::AuxNegation, ToyTask::AuxTruth]
             .into_iter()
             .flat_map(|t| generate(t, cfg.supervised_examples, cfg.seed))
             .map(|e| {
@@ -355,7 +353,11 @@ pub fn pretrain(
         on_step(&log);
         logs.push(log);
     }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Everything is written at the end, each file atomically: a failed run
+    // leaves a previous model in `out` whole.
     let model = model.detached();
+    write_atomic(out.join("tokenizer.json"), tk_json.as_bytes())?;
     model.save(out)?;
     let mut lines = String::new();
     for l in &logs {

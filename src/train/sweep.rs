@@ -3,8 +3,7 @@
 //!
 //! A sweep file is TOML with two tables: `[base]`, settings every run shares
 //! (any key of `ept train --config`), and `[grid]`, keys whose values are
-//! lists; the runs are the product of the lists, in the order the keys are
-//! written. Each run is named after its grid values (`fusion=literal,seed=1`)
+//! lists; the runs are the product of the lists, keys in alphabetical order. Each run is named after its grid values (`fusion=literal,seed=1`)
 //! so a re-started sweep finds the runs already done and skips them.
 
 use std::collections::BTreeMap;
@@ -226,8 +225,8 @@ mod tests {
             toml::from_str("fusion = ['literal', 'off']\nseed = [1, 2]\nl = 10").unwrap();
         let combos = expand(&grid);
         assert_eq!(combos.len(), 4);
-        assert_eq!(run_name(&combos[0]), "fusion=literal,seed=1,l=10");
-        assert_eq!(run_name(&combos[3]), "fusion=off,seed=2,l=10");
+        assert_eq!(run_name(&combos[0]), "fusion=literal,l=10,seed=1");
+        assert_eq!(run_name(&combos[3]), "fusion=off,l=10,seed=2");
         let rec = |f: &str, seed: &str, v: f64| Record {
             settings: vec![("fusion".into(), f.into()), ("seed".into(), seed.into())],
             validation: v,

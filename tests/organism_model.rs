@@ -1,0 +1,133 @@
+//! The shipped model organism (`assets/organism`): it is what its recipe
+//! says, transformers computes the same losses on it (committed fixture made
+//! by `scripts/check_organism.py`), pretraining is deterministic, and prompt
+//! tuning on it learns: PT, DePT and EPT each beat the majority class of
+//! `toy-sst2` by a clear margin within a small step budget.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::temp_dir;
+use ept::organism::{ToyTask, builtin_splits};
+use ept::train::pretrain::PretrainConfig;
+
+fn organism() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/organism")
+}
+
+fn ept(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ept"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a JSON line")).unwrap()
+}
+
+#[test]
+fn the_shipped_organism_is_small_and_made_by_the_documented_recipe() {
+    let dir = organism();
+    let size = std::fs::metadata(dir.join("model.safetensors")).unwrap().len();
+    assert!(size < 5 << 20, "model.safetensors is {size} bytes");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pretrain.json")).unwrap()).unwrap();
+    // `ept pretrain --out assets/organism` with no other flag is the recipe.
+    let config: PretrainConfig = serde_json::from_value(record["config"].clone()).unwrap();
+    assert_eq!(config, PretrainConfig::default());
+    assert!(
+        record["final_eval_loss"].as_f64().unwrap() < record["first_eval_loss"].as_f64().unwrap() / 2.0
+    );
+    // It loads as a model like any other, and `organism` names it.
+    let info = stdout_json(&ept(&["inspect", "--model", "organism", "--json"]));
+    assert_eq!(info["d_model"], config.d_model);
+}
+
+#[test]
+fn transformers_computes_the_same_losses_on_the_organism() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/organism/transformers_losses.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let losses = fixture["losses"].as_object().unwrap();
+    assert_eq!(losses.len(), 4);
+    for (task, want) in losses {
+        let got = stdout_json(&ept(&[
+            "eval", "--task", task, "--split", "validation", "--model", "organism", "--json",
+        ]));
+        let (g, w) = (got["loss"].as_f64().unwrap(), want["loss"].as_f64().unwrap());
+        assert_eq!(got["tokens"], want["tokens"], "{task}");
+        assert!((g - w).abs() <= 1e-4 * w, "{task}: ept {g} vs transformers {w}");
+    }
+}
+
+#[test]
+fn pretraining_is_deterministic_in_its_seed() {
+    let dir = temp_dir("pretrain");
+    let run = |name: &str| {
+        let out = dir.join(name);
+        let o = ept(&[
+            "pretrain", "--out", out.to_str().unwrap(), "--steps", "3", "--d-model", "32",
+            "--layers", "1", "--batch-size", "8", "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let (a, b) = (run("a"), run("b"));
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        let same = std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap();
+        assert!(same, "{f} differs between two runs with the same seed");
+    }
+    // What it writes loads as a model, and the command refuses to overwrite it.
+    let info = stdout_json(&ept(&["inspect", "--model", a.to_str().unwrap(), "--json"]));
+    assert_eq!(info["d_model"], 32);
+    let o = ept(&["pretrain", "--out", a.to_str().unwrap(), "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--overwrite"));
+}
+
+/// Accuracy (%) of always answering the most frequent label of the test split.
+fn majority_accuracy(task: ToyTask) -> f64 {
+    let [_, _, test] = builtin_splits(task);
+    let mut counts = std::collections::HashMap::new();
+    for e in &test {
+        *counts.entry(e.target.clone()).or_insert(0usize) += 1;
+    }
+    100.0 * *counts.values().max().unwrap() as f64 / test.len() as f64
+}
+
+#[test]
+fn pt_dept_and_ept_learn_toy_sst2_on_the_organism() {
+    let majority = majority_accuracy(ToyTask::Sst2);
+    let runs = temp_dir("organism-learning");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/toy-sst2.toml");
+    for method in ["pt", "dept", "ept"] {
+        let summary = stdout_json(&ept(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--method",
+            method,
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--name",
+            method,
+            "--json",
+        ]));
+        let test = summary["results"]["test"]["metrics"]["accuracy"].as_f64().unwrap();
+        assert!(
+            test >= majority + 15.0,
+            "{method}: test accuracy {test} vs majority class {majority}"
+        );
+    }
+}
