@@ -9,7 +9,7 @@ use ept::error::{Error, write_atomic};
 use ept::train::plots::{PanelSpec, plot_heatmap, plot_panels};
 use ept::train::run::RunResult;
 use ept::train::sweep::{
-    Record, Summary, expand, markdown, run_name, series_over, show, summarise,
+    Curve, Record, Summary, expand, markdown, run_name, series_over, show, summarise,
 };
 use ept::{Result, prompt::checkpoint};
 
@@ -162,7 +162,8 @@ fn figures(
     combos: &[Vec<(String, toml::Value)>],
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let points = |s: Vec<(String, Vec<(f64, f64, f64)>)>| -> Vec<(String, Vec<(f64, f64)>)> {
+    type Line = (String, Vec<(f64, f64)>);
+    let points = |s: Vec<Curve>| -> Vec<Line> {
         s.into_iter()
             .map(|(n, p)| (n, p.into_iter().map(|(x, m, _)| (x, m)).collect()))
             .collect()

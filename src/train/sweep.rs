@@ -15,6 +15,12 @@ use crate::error::{Error, Result};
 /// One run of the grid: its `(key, value)` settings in grid order.
 pub type Combo = Vec<(String, toml::Value)>;
 
+/// Settings in their shown form, `(key, value)`.
+pub type Settings = Vec<(String, String)>;
+
+/// A figure's series: its label and `(x, mean, std)` points.
+pub type Curve = (String, Vec<(f64, f64, f64)>);
+
 /// The product of the grid's lists (a scalar counts as a one-element list).
 pub fn expand(grid: &toml::Table) -> Vec<Combo> {
     let mut combos: Vec<Combo> = vec![Vec::new()];
@@ -103,7 +109,7 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Groups `records` by their settings other than `seed`, in first-seen order.
 pub fn summarise(records: &[Record]) -> Vec<Summary> {
-    let mut groups: BTreeMap<usize, (Vec<(String, String)>, Vec<&Record>)> = BTreeMap::new();
+    let mut groups: BTreeMap<usize, (Settings, Vec<&Record>)> = BTreeMap::new();
     let mut keys: Vec<Vec<(String, String)>> = Vec::new();
     for r in records {
         let key: Vec<(String, String)> = r
@@ -177,12 +183,8 @@ fn pm((mean, std): (f64, f64)) -> String {
 /// Points `(x, mean, std)` of a figure over grid key `x_key` (numeric), one
 /// series per combination of the other keys (seed excluded), for the
 /// validation score or, with `time`, the wall time.
-pub fn series_over(
-    summaries: &[Summary],
-    x_key: &str,
-    time: bool,
-) -> Result<Vec<(String, Vec<(f64, f64, f64)>)>> {
-    let mut out: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+pub fn series_over(summaries: &[Summary], x_key: &str, time: bool) -> Result<Vec<Curve>> {
+    let mut out: Vec<Curve> = Vec::new();
     for s in summaries {
         let Some((_, x)) = s.settings.iter().find(|(k, _)| k == x_key) else {
             continue;
