@@ -37,7 +37,9 @@ fn stdout_json(out: &Output) -> serde_json::Value {
 #[test]
 fn the_shipped_organism_is_small_and_made_by_the_documented_recipe() {
     let dir = organism();
-    let size = std::fs::metadata(dir.join("model.safetensors")).unwrap().len();
+    let size = std::fs::metadata(dir.join("model.safetensors"))
+        .unwrap()
+        .len();
     assert!(size < 5 << 20, "model.safetensors is {size} bytes");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("pretrain.json")).unwrap()).unwrap();
@@ -45,7 +47,8 @@ fn the_shipped_organism_is_small_and_made_by_the_documented_recipe() {
     let config: PretrainConfig = serde_json::from_value(record["config"].clone()).unwrap();
     assert_eq!(config, PretrainConfig::default());
     assert!(
-        record["final_eval_loss"].as_f64().unwrap() < record["first_eval_loss"].as_f64().unwrap() / 2.0
+        record["final_eval_loss"].as_f64().unwrap()
+            < record["first_eval_loss"].as_f64().unwrap() / 2.0
     );
     // It loads as a model like any other, and `organism` names it.
     let info = stdout_json(&ept(&["inspect", "--model", "organism", "--json"]));
@@ -62,11 +65,24 @@ fn transformers_computes_the_same_losses_on_the_organism() {
     assert_eq!(losses.len(), 4);
     for (task, want) in losses {
         let got = stdout_json(&ept(&[
-            "eval", "--task", task, "--split", "validation", "--model", "organism", "--json",
+            "eval",
+            "--task",
+            task,
+            "--split",
+            "validation",
+            "--model",
+            "organism",
+            "--json",
         ]));
-        let (g, w) = (got["loss"].as_f64().unwrap(), want["loss"].as_f64().unwrap());
+        let (g, w) = (
+            got["loss"].as_f64().unwrap(),
+            want["loss"].as_f64().unwrap(),
+        );
         assert_eq!(got["tokens"], want["tokens"], "{task}");
-        assert!((g - w).abs() <= 1e-4 * w, "{task}: ept {g} vs transformers {w}");
+        assert!(
+            (g - w).abs() <= 1e-4 * w,
+            "{task}: ept {g} vs transformers {w}"
+        );
     }
 }
 
@@ -76,8 +92,18 @@ fn pretraining_is_deterministic_in_its_seed() {
     let run = |name: &str| {
         let out = dir.join(name);
         let o = ept(&[
-            "pretrain", "--out", out.to_str().unwrap(), "--steps", "3", "--d-model", "32",
-            "--layers", "1", "--batch-size", "8", "--json",
+            "pretrain",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--batch-size",
+            "8",
+            "--json",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         out
