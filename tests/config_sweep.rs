@@ -5,17 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{fixtures, model_dir, temp_dir};
-
-fn ept(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ept"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use common::{ept, fixtures, model_dir, temp_dir};
 
 fn ok(out: &Output) -> String {
     assert!(

@@ -7,21 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::temp_dir;
+use common::{ept, temp_dir};
 use ept::train::pretrain::PretrainConfig;
 
 fn organism() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/organism")
-}
-
-fn ept(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ept"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 fn stdout_json(out: &Output) -> serde_json::Value {

@@ -9,7 +9,6 @@ use ept::data::readers::Caches;
 use ept::data::splits::Split;
 use ept::data::{Purpose, Task, load_split, load_user_file};
 use ept::evaluate::Scoring;
-use ept::organism::ToyTask;
 use ept::prompt::{FusionReading, Method, PromptConfig, PromptInit};
 use ept::train::presets::{closest, preset};
 use ept::train::run::{RunData, RunResult, TrainConfig, run_dir, train};
@@ -184,15 +183,8 @@ fn load_data(args: &TrainArgs) -> Result<RunData> {
             )),
         };
     };
-    let (task, [mut train, validation, test]) = match ToyTask::parse(name) {
-        Some(toy) => {
-            let task = toy.glue().ok_or_else(|| {
-                Error::invalid(format!(
-                    "--task {name}: a pretraining task of the organism; prompt tuning takes toy-sst2, toy-mnli, toy-qqp or toy-stsb"
-                ))
-            })?;
-            (task, ept::organism::builtin_splits(toy))
-        }
+    let (task, [mut train, validation, test]) = match ept::organism::builtin_task(name)? {
+        Some(found) => found,
         None => {
             let task = Task::parse(name)?;
             let caches = Caches::from_env();

@@ -15,6 +15,6 @@ pub mod tokenizer;
 pub use corpus::{corpus, random_spans_noise_mask, span_corrupt};
 pub use language::vocabulary;
 pub use tasks::{
-    BUILTIN_SIZES, Label, Splits, ToyRow, ToyTask, builtin_split, builtin_splits, generate,
-    generate_rows, generate_splits, write_hub_parquet, write_jsonl,
+    BUILTIN_SIZES, Label, Splits, ToyRow, ToyTask, builtin_split, builtin_splits, builtin_task,
+    generate, generate_rows, generate_splits, write_hub_parquet, write_jsonl,
 };

@@ -551,13 +551,9 @@ pub fn builtin_splits(task: ToyTask) -> [Vec<Example>; 3] {
     [ex(&s.train), ex(&s.validation), ex(&s.test)]
 }
 
-/// The task (whose metrics apply) and examples of a built-in toy task's split,
+/// The task whose metrics apply and the three splits of a built-in toy task,
 /// when `name` names one; an auxiliary (pretraining) task is an error.
-pub fn builtin_split(
-    name: &str,
-    split: crate::data::splits::Split,
-) -> Result<Option<(crate::data::Task, Vec<Example>)>> {
-    use crate::data::splits::Split;
+pub fn builtin_task(name: &str) -> Result<Option<(crate::data::Task, [Vec<Example>; 3])>> {
     let Some(toy) = ToyTask::parse(name) else {
         return Ok(None);
     };
@@ -566,13 +562,25 @@ pub fn builtin_split(
             "task `{name}` is one the organism was pretrained on; prompt tuning and evaluation take toy-sst2, toy-mnli, toy-qqp or toy-stsb"
         ))
     })?;
-    let [train, validation, test] = builtin_splits(toy);
-    let examples = match split {
-        Split::Train => train,
-        Split::Validation => validation,
-        Split::Test => test,
-    };
-    Ok(Some((task, examples)))
+    Ok(Some((task, builtin_splits(toy))))
+}
+
+/// One split of [`builtin_task`].
+pub fn builtin_split(
+    name: &str,
+    split: crate::data::splits::Split,
+) -> Result<Option<(crate::data::Task, Vec<Example>)>> {
+    use crate::data::splits::Split;
+    Ok(
+        builtin_task(name)?.map(|(task, [train, validation, test])| {
+            let examples = match split {
+                Split::Train => train,
+                Split::Validation => validation,
+                Split::Test => test,
+            };
+            (task, examples)
+        }),
+    )
 }
 
 /// The three splits of a toy task.

@@ -150,25 +150,34 @@ pub fn plot_panels(path_stem: &Path, title: &str, panels: &[PanelSpec]) -> Resul
         title: title.to_string(),
         panels: panels
             .iter()
-            .map(|p| Panel {
-                title: None,
-                x_label: p.x_label.clone(),
-                y_label: p.y_label.clone(),
-                series: p
-                    .series
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (name, points))| {
-                        Series::new(name.clone(), points.clone(), PALETTE[i % PALETTE.len()])
-                    })
-                    .collect(),
-                log_y: false,
-                empty_note: "no data".to_string(),
-                heat: None,
-            })
+            .map(|p| chart_panel(&p.x_label, &p.y_label, &p.series, false))
             .collect(),
     };
     write_figure(path_stem, &figure).map(|_| ())
+}
+
+/// An untitled panel of named `(x, y)` series in palette order.
+fn chart_panel(
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> Panel {
+    Panel {
+        title: None,
+        x_label: x_label.to_string(),
+        y_label: y_label.to_string(),
+        series: series
+            .iter()
+            .enumerate()
+            .map(|(i, (name, points))| {
+                Series::new(name.clone(), points.clone(), PALETTE[i % PALETTE.len()])
+            })
+            .collect(),
+        log_y,
+        empty_note: "no data".to_string(),
+        heat: None,
+    }
 }
 
 /// A heatmap of `values[row][column]` (`{path_stem}.png` and `.svg`), e.g. the
@@ -180,17 +189,11 @@ pub fn plot_heatmap(
     y_label: &str,
     values: &[Vec<f64>],
 ) -> Result<()> {
+    let mut panel = chart_panel(x_label, y_label, &[], false);
+    panel.heat = Some(values.to_vec());
     let figure = Figure {
         title: title.to_string(),
-        panels: vec![Panel {
-            title: None,
-            x_label: x_label.to_string(),
-            y_label: y_label.to_string(),
-            series: Vec::new(),
-            log_y: false,
-            empty_note: "no data".to_string(),
-            heat: Some(values.to_vec()),
-        }],
+        panels: vec![panel],
     };
     write_figure(path_stem, &figure).map(|_| ())
 }
@@ -223,21 +226,7 @@ pub fn plot_series(
     }
     let figure = Figure {
         title: title.to_string(),
-        panels: vec![Panel {
-            title: None,
-            x_label: x_label.to_string(),
-            y_label: y_label.to_string(),
-            series: series
-                .iter()
-                .enumerate()
-                .map(|(i, (name, points))| {
-                    Series::new(name.clone(), points.clone(), PALETTE[i % PALETTE.len()])
-                })
-                .collect(),
-            log_y,
-            empty_note: "no data".to_string(),
-            heat: None,
-        }],
+        panels: vec![chart_panel(x_label, y_label, series, log_y)],
     };
     write_figure(path_stem, &figure).map(|_| ())
 }

@@ -36,3 +36,12 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// Runs the `ept` binary with `args`, progress lines off (`RUST_LOG=warn`).
+pub fn ept(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ept"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
