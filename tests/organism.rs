@@ -59,6 +59,8 @@ fn labels_are_balanced() {
         (ToyTask::Qqp, vec!["0", "1"]),
         (ToyTask::Mnli, vec!["0", "1", "2"]),
         (ToyTask::AuxNegation, vec!["0", "1"]),
+        (ToyTask::AuxTruth, vec!["0", "1"]),
+        (ToyTask::AuxPole, vec!["0", "1"]),
     ] {
         let c = count(task, 600);
         assert_eq!(c.len(), classes.len(), "{}: {c:?}", task.name());

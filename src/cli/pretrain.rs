@@ -32,6 +32,12 @@ pub struct PretrainArgs {
     /// Encoder and decoder layers each.
     #[arg(long)]
     layers: Option<usize>,
+    /// Share of each batch drawn from the supervised auxiliary tasks (0 to 1).
+    #[arg(long)]
+    supervised_fraction: Option<f64>,
+    /// Score the held-out documents and auxiliary tasks every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
     /// Log every N steps to stderr (0: only the evaluations).
     #[arg(long, default_value_t = 50)]
     log_every: u64,
@@ -65,6 +71,17 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             )));
         }
     }
+    if let Some(v) = args.supervised_fraction {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(Error::invalid(format!(
+                "--supervised-fraction {v}: expected a share between 0 and 1"
+            )));
+        }
+        cfg.supervised_fraction = v;
+    }
+    if let Some(v) = args.eval_every {
+        cfg.eval_every = v;
+    }
     if let Some(n) = args.layers {
         cfg.num_layers = n;
         cfg.num_decoder_layers = n;
@@ -82,9 +99,20 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         if json {
             println!("{}", serde_json::to_string(log).expect("logs serialise"));
         } else if let Some(e) = log.eval_loss {
+            let exact: Vec<String> = log
+                .eval_exact_match
+                .iter()
+                .flatten()
+                .map(|(task, v)| format!("{task} {v:.1}"))
+                .collect();
             eprintln!(
-                "step {:>5}  loss {:.4}  held-out {:.4}  lr {:.2e}  {:.0} tok/s",
-                log.step, log.loss, e, log.lr, log.tokens_per_s
+                "step {:>5}  loss {:.4}  held-out {:.4}  exact match: {}  lr {:.2e}  {:.0} tok/s",
+                log.step,
+                log.loss,
+                e,
+                exact.join(", "),
+                log.lr,
+                log.tokens_per_s
             );
         } else if every > 0 && log.step % every == 0 {
             eprintln!(

@@ -20,6 +20,28 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
 
+/// `▁word` pieces for the words of `texts` (lowercased, split on spaces) that
+/// `pieces` lacks, each scored by the log of its share of all words: a whole
+/// word then always outscores its spelling in smaller pieces.
+fn missing_words(texts: &[String], pieces: &[(String, f64)]) -> Vec<(String, f64)> {
+    let have: std::collections::HashSet<&str> = pieces.iter().map(|(p, _)| p.as_str()).collect();
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for text in texts {
+        for word in text.to_lowercase().split_whitespace() {
+            *counts.entry(format!("▁{word}")).or_default() += 1;
+        }
+    }
+    let total: u64 = counts.values().sum();
+    counts
+        .into_iter()
+        .filter(|(piece, _)| !have.contains(piece.as_str()))
+        .map(|(piece, n)| {
+            let score = (n as f64 / total as f64).ln();
+            (piece, score)
+        })
+        .collect()
+}
+
 /// T5's special tokens, in id order.
 pub const SPECIAL: [&str; 3] = ["<pad>", "</s>", "<unk>"];
 
@@ -28,10 +50,19 @@ pub fn sentinel(i: usize) -> String {
     format!("<extra_id_{i}>")
 }
 
-/// Trains a Unigram tokenizer on `texts` with `vocab_size` pieces in all
-/// (special tokens and `n_sentinels` sentinels included). The language's words
-/// are few, so most become single pieces; the trainer may stop below the
-/// requested size when the texts hold fewer useful pieces.
+/// Trains a Unigram tokenizer on `texts`: the `tokenizers` crate's Unigram
+/// trainer asked for `vocab_size` pieces (special tokens and `n_sentinels`
+/// sentinels included), then every word of the texts that is not yet a piece
+/// added whole, scored by its frequency.
+///
+/// Why the second step: on this small language the trainer (tokenizers 0.22)
+/// stops near 400 pieces whatever size is asked for, and keeps so few whole
+/// words that common ones fall apart into letters ("never" → `▁ n e ver`,
+/// "hideous" → `▁ h i d e ous`). A model then has to assemble each word from
+/// letters before it can use its meaning, and sequences are twice as long.
+/// Real T5's vocabulary has whole pieces for all common English words; adding
+/// the language's few hundred words does the same here, and the trainer's
+/// sub-word pieces still spell any other text.
 pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<Tokenizer> {
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| {
         Error::invalid(format!("tokenizer training failed: {e}"))
@@ -58,10 +89,11 @@ pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<
     let ModelWrapper::Unigram(trained) = tk.get_model() else {
         unreachable!("a Unigram trainer trains a Unigram model")
     };
-    let mut pieces: Vec<(String, f64)> = trained
-        .iter()
-        .map(|(p, s)| (p.clone(), (s * 1e3).round() / 1e3))
-        .collect();
+    let mut pieces: Vec<(String, f64)> = trained.iter().map(|(p, s)| (p.clone(), *s)).collect();
+    pieces.extend(missing_words(texts, &pieces));
+    for (_, score) in &mut pieces {
+        *score = (*score * 1e3).round() / 1e3;
+    }
     // Pieces of equal score come out in either order, and the order is the ids:
     // after the special tokens, by score, then by text.
     pieces[SPECIAL.len()..].sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
