@@ -72,11 +72,6 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         }
     }
     if let Some(v) = args.supervised_fraction {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(Error::invalid(format!(
-                "--supervised-fraction {v}: expected a share between 0 and 1"
-            )));
-        }
         cfg.supervised_fraction = v;
     }
     if let Some(v) = args.eval_every {

@@ -262,23 +262,21 @@ fn exact_match(model: &T5, rows: &[TokenizedExample]) -> f64 {
     100.0 * hits as f64 / rows.len().max(1) as f64
 }
 
-/// Each auxiliary task's held-out exact match, no gradients.
-fn aux_exact_match(model: &T5, material: &Material) -> BTreeMap<String, f64> {
-    let frozen = model.clone().detached();
+/// Each auxiliary task's held-out exact match; `frozen` is a detached model.
+fn aux_exact_match(frozen: &T5, material: &Material) -> BTreeMap<String, f64> {
     material
         .aux_eval
         .iter()
-        .map(|(task, rows)| (task.name().to_string(), exact_match(&frozen, rows)))
+        .map(|(task, rows)| (task.name().to_string(), exact_match(frozen, rows)))
         .collect()
 }
 
-/// Mean span-corruption loss on fixed held-out examples, no gradients.
-fn eval_loss(model: &T5, rows: &[TokenizedExample]) -> f64 {
-    let frozen = model.clone().detached();
+/// Mean span-corruption loss on fixed held-out examples; `frozen` is a detached model.
+fn eval_loss(frozen: &T5, rows: &[TokenizedExample]) -> f64 {
     let mut sum = 0.0;
     let mut tokens = 0usize;
     for chunk in rows.chunks(64) {
-        let (loss, n) = batch_loss(&frozen, chunk);
+        let (loss, n) = batch_loss(frozen, chunk);
         sum += crate::tensors::to_f32_vec(loss)[0] as f64 * n as f64;
         tokens += n;
     }
@@ -298,6 +296,12 @@ pub fn pretrain(
         return Err(Error::invalid(
             "pretrain: steps, batch size and learning rate must be positive",
         ));
+    }
+    if !(0.0..=1.0).contains(&cfg.supervised_fraction) {
+        return Err(Error::invalid(format!(
+            "pretrain: supervised fraction {}: expected a share between 0 and 1",
+            cfg.supervised_fraction
+        )));
     }
     if cfg.vocab_size <= cfg.sentinels + tokenizer::SPECIAL.len() {
         return Err(Error::invalid(
@@ -382,7 +386,7 @@ pub fn pretrain(
     let groups = vec![(ParamGroup::Auxiliary, settings); n_weights];
     let mut optim = AdamW::new(AdamWConfig::default(), n_weights);
     let mut rng = Rng::new(cfg.seed ^ 0x5EED);
-    let first_eval_loss = eval_loss(&model, &eval_rows);
+    let first_eval_loss = eval_loss(&model.clone().detached(), &eval_rows);
     let mut logs = Vec::with_capacity(cfg.steps as usize);
     let mut final_eval_loss = first_eval_loss;
     for step in 0..cfg.steps {
@@ -438,12 +442,15 @@ pub fn pretrain(
             .chain(&span_rows)
             .map(|r| r.input_ids.len() + r.label_ids.len())
             .sum();
-        let eval = ((step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.steps)
-            .then(|| eval_loss(&model, &eval_rows));
-        if let Some(e) = eval {
+        // Held-out scores on one detached copy of the weights.
+        let (eval, exact) = if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.steps {
+            let frozen = model.clone().detached();
+            let e = eval_loss(&frozen, &eval_rows);
             final_eval_loss = e;
-        }
-        let exact = eval.map(|_| aux_exact_match(&model, &material));
+            (Some(e), Some(aux_exact_match(&frozen, &material)))
+        } else {
+            (None, None)
+        };
         let log = PretrainLog {
             step: step + 1,
             loss: loss_value,
