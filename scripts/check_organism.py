@@ -11,7 +11,7 @@ transformers (`T5ForConditionalGeneration`, float32, eval mode) and the tokenize
 over every target token including `</s>` (padding excluded). It runs `ept eval --model
 assets/organism --task TASK --split validation --json` and compares the two losses: relative
 tolerance --tol (1e-4). With --write, the transformers losses go to
-tests/fixtures/organism/transformers_losses.json, which `cargo test` (tests/organism_model.rs)
+tests/fixtures/organism/transformers_losses.json, which `cargo test` (tests/suite/organism_model.rs)
 checks ept against without Python.
 """
 

@@ -5,7 +5,7 @@
 //! padded batch equal to one-by-one within 1e-5 relative. bf16 compute against
 //! torch's bf16 run within 2e-2 relative.
 
-mod common;
+use crate::common;
 
 use common::{close, model_dir};
 use ept::evaluate::{corpus_loss, example_loss_sums, generate_ids};

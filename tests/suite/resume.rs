@@ -2,7 +2,7 @@
 //! bit-identical to an uninterrupted run; a crash in the middle of writing a
 //! checkpoint never leaves a corrupt `last/`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! accumulation, `--init-from` across methods, and `ept sweep` (resumable
 //! grid, summary table, figures) on the fixture model.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,6 +1,6 @@
 //! The `ept` binary: outputs and one-line errors with a non-zero exit.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `ept export`: PEFT's adapter (checked against one PEFT itself loaded in
 //! `scripts/peft_reference.py`), DePT's lossless layout, and our materialised format.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

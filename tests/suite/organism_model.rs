@@ -4,7 +4,7 @@
 //! and prompt tuning on it learns: PT, DePT and EPT beat the majority class
 //! of `toy-sst2` within the README's step budget.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! Frozen means frozen: after a backward pass through the backbone, no weight
 //! has a gradient and the prompt does.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use ept::evaluate::batch_loss_sums;

@@ -3,7 +3,7 @@
 //! parameter groups, weight decay, global-norm clipping, the linear warm-up
 //! schedule, a parameter without a gradient. Parameters and moments within 1e-6.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use ept::prompt::ParamGroup;

@@ -1,6 +1,6 @@
 //! Rank classification picks the label whose loss is lowest, and never an invalid label.
 
-mod common;
+use crate::common;
 
 use ept::evaluate::{Scoring, example_loss_sums, predict, rank_options};
 use ept::model::Backbone;

@@ -7,7 +7,7 @@
 //! meaningless for near-zero entries, and the f32 reference itself differs
 //! from float64 by up to 1e-5 on this measure).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `ept train` end to end on a fixture model: the loss falls, the run folder
 //! holds what it should, and bad settings are one-line errors.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,0 +1,26 @@
+//! The integration tests, as one test binary.
+//!
+//! Each module was once its own file under `tests/`, and so its own binary:
+//! sixteen executables that each linked all of burn, about 0.7 GB apiece with
+//! debug info, which filled the CI machine's disk. One binary links once.
+//! Run a single module with its path as the filter, e.g.
+//! `cargo test --test suite organism_model::`.
+
+mod common;
+
+mod cli;
+mod config_sweep;
+mod export;
+mod frozen;
+mod metrics;
+mod optim;
+mod organism;
+mod organism_model;
+mod plots;
+mod prompt_parity;
+mod randperm;
+mod ranking;
+mod readers;
+mod resume;
+mod t5_parity;
+mod train;
