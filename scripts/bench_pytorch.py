@@ -29,9 +29,11 @@ import sys
 import time
 
 SHAPES = {
-    # layers, d_model, heads, d_ff; d_kv 64, ReLU, vocab 32128, tied head
-    "t5-small": dict(layers=6, d=512, heads=8, d_ff=2048, batch=16, len=128),
-    "t5-base": dict(layers=12, d=768, heads=12, d_ff=3072, batch=8, len=256),
+    # layers, d_model, heads, d_ff, feed-forward, tied head; d_kv 64, vocab 32128
+    "t5-small": dict(layers=6, d=512, heads=8, d_ff=2048, ff="relu", tied=True, batch=16, len=128),
+    "t5-base": dict(layers=12, d=768, heads=12, d_ff=3072, ff="relu", tied=True, batch=8, len=256),
+    "t5-v1_1-small": dict(layers=8, d=512, heads=6, d_ff=1024, ff="gated-gelu", tied=False,
+                          batch=16, len=128),
 }
 
 
@@ -98,8 +100,8 @@ def main(argv=None) -> int:
         vocab_size=32128, d_model=d, d_kv=64, d_ff=shape["d_ff"],
         num_layers=shape["layers"], num_decoder_layers=shape["layers"], num_heads=shape["heads"],
         relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
-        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj=shape["ff"],
+        tie_word_embeddings=shape["tied"], pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     config._attn_implementation = args.attn
     model = T5ForConditionalGeneration(config).float().eval()

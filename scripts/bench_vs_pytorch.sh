@@ -3,28 +3,29 @@
 # transformers (scripts/bench_pytorch.py), one workload per process so that the
 # peak resident memory is the workload's, and prints a Markdown table.
 #
-#   scripts/bench_vs_pytorch.sh [--full] [--steps N] [--warmup W] [--threads T]
-#                               [--attn sdpa|eager] [--out DIR]
+#   scripts/bench_vs_pytorch.sh [--full] [--v11] [--steps N] [--warmup W]
+#                               [--threads T] [--attn sdpa|eager] [--out DIR]
 #
 # Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
 # fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
-# 8 x 256. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
+# 8 x 256; --v11 adds T5 v1.1-small (gated-GELU) PT and EPT at 16 x 128. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
 # burn-flex, torch.set_num_threads for PyTorch; default 2). --out keeps the
 # JSON reports. EPT_BIN overrides the ept binary (default target/release/ept,
 # built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=5 WARMUP=2 THREADS=2 FULL=0 ATTN=sdpa OUT=""
+STEPS=5 WARMUP=2 THREADS=2 FULL=0 V11=0 ATTN=sdpa OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
+        --v11) V11=1 ;;
         --steps) STEPS="$2"; shift ;;
         --warmup) WARMUP="$2"; shift ;;
         --threads) THREADS="$2"; shift ;;
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -44,6 +45,9 @@ mkdir -p "$OUT"
 WORKLOADS=("t5-small pt" "t5-small ept")
 if [ "$FULL" = 1 ]; then
     WORKLOADS+=("t5-base pt" "t5-base ept")
+fi
+if [ "$V11" = 1 ]; then
+    WORKLOADS+=("t5-v1_1-small pt" "t5-v1_1-small ept")
 fi
 
 for w in "${WORKLOADS[@]}"; do

@@ -29,6 +29,9 @@ pub enum Shape {
     T5Small,
     /// 12+12 layers, d 768, d_kv 64, 12 heads, d_ff 3072, ReLU, vocab 32128 (223M).
     T5Base,
+    /// T5 v1.1 small (and Flan-T5 small): 8+8 layers, d 512, d_kv 64, 6 heads,
+    /// d_ff 1024 gated-GELU, untied head, vocab 32128 (77M).
+    T5V11Small,
 }
 
 impl Shape {
@@ -36,8 +39,9 @@ impl Shape {
         match s {
             "t5-small" => Ok(Shape::T5Small),
             "t5-base" => Ok(Shape::T5Base),
+            "t5-v1_1-small" => Ok(Shape::T5V11Small),
             other => Err(Error::invalid(format!(
-                "unknown shape `{other}`: expected t5-small or t5-base"
+                "unknown shape `{other}`: expected t5-small, t5-base or t5-v1_1-small"
             ))),
         }
     }
@@ -46,15 +50,19 @@ impl Shape {
         match self {
             Shape::T5Small => "t5-small",
             Shape::T5Base => "t5-base",
+            Shape::T5V11Small => "t5-v1_1-small",
         }
     }
 
-    /// The model config of this shape (T5 v1.0: ReLU, tied head, rescaled decoder output).
+    /// The model config of this shape (T5 v1.0: ReLU, tied head, rescaled
+    /// decoder output; v1.1: gated-GELU, untied head).
     pub fn config(self) -> T5Config {
         let (layers, d, heads, d_ff) = match self {
             Shape::T5Small => (6, 512, 8, 2048),
             Shape::T5Base => (12, 768, 12, 3072),
+            Shape::T5V11Small => (8, 512, 6, 1024),
         };
+        let v11 = self == Shape::T5V11Small;
         T5Config {
             model_type: Some("t5".into()),
             vocab_size: 32128,
@@ -67,8 +75,8 @@ impl Shape {
             relative_attention_num_buckets: 32,
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "relu".into(),
-            tie_word_embeddings: true,
+            feed_forward_proj: if v11 { "gated-gelu" } else { "relu" }.into(),
+            tie_word_embeddings: !v11,
             scale_decoder_outputs: None,
             pad_token_id: Some(0),
             eos_token_id: 1,
@@ -79,10 +87,10 @@ impl Shape {
         }
     }
 
-    /// Default (batch, input length): 16×128 for T5-small, 8×256 for T5-base.
+    /// Default (batch, input length): 16×128 for the small shapes, 8×256 for T5-base.
     pub fn default_batch_len(self) -> (usize, usize) {
         match self {
-            Shape::T5Small => (16, 128),
+            Shape::T5Small | Shape::T5V11Small => (16, 128),
             Shape::T5Base => (8, 256),
         }
     }
@@ -205,6 +213,8 @@ pub struct BenchReport {
     pub process_threads: usize,
     /// The allocator setting in force (see [`crate::runtime::tune_allocator`]).
     pub allocator: String,
+    /// "fused" or "plain": whether the fused CPU kernels were on ([`crate::model::fused`]).
+    pub kernels: String,
     /// Every measured step, in order (warm-up excluded).
     pub step_s: Vec<f64>,
     pub median_s: f64,
@@ -438,6 +448,12 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         threads: worker_threads(),
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
         allocator: allocator.to_string(),
+        kernels: if crate::model::fused::enabled() {
+            "fused"
+        } else {
+            "plain"
+        }
+        .to_string(),
         min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),
         mean_s: step_s.iter().sum::<f64>() / step_s.len() as f64,
         median_s,
@@ -493,6 +509,7 @@ impl BenchReport {
             ),
         );
         row("allocator", self.allocator.clone());
+        row("kernels", self.kernels.clone());
         row(
             "steps",
             format!("{} measured after {} warm-up", s.steps, s.warmup),
@@ -543,6 +560,16 @@ mod tests {
         assert_eq!(
             (cfg.num_layers, cfg.decoder_layers(), cfg.inner_dim()),
             (6, 6, 512)
+        );
+        let cfg = Shape::T5V11Small.config();
+        assert_eq!(
+            (cfg.num_layers, cfg.inner_dim(), cfg.tie_word_embeddings),
+            (8, 384, false)
+        );
+        assert!(
+            cfg.feed_forward(std::path::Path::new("config.json"))
+                .unwrap()
+                .gated
         );
         let cfg = Shape::T5Base.config();
         assert_eq!(

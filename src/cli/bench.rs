@@ -7,7 +7,8 @@ use ept::io::weights::FloatType;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Architecture: t5-small (6+6 layers, d 512) or t5-base (12+12, d 768).
+    /// Architecture: t5-small (6+6 layers, d 512), t5-base (12+12, d 768) or
+    /// t5-v1_1-small (8+8, d 512, gated-GELU).
     #[arg(long, default_value = "t5-small")]
     shape: String,
     /// Examples per batch (default 16 for t5-small, 8 for t5-base).
@@ -46,6 +47,10 @@ pub struct BenchArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Burn's plain tensor operations instead of the fused CPU kernels
+    /// (RMS norm, attention softmax): to measure what the kernels buy.
+    #[arg(long)]
+    plain_ops: bool,
 }
 
 /// The allocator setting `main` put in force (`ept::runtime::tune_allocator`).
@@ -76,6 +81,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     settings.warmup = args.warmup;
     settings.seed = args.seed;
     settings.dtype = FloatType::parse(&args.dtype)?;
+    ept::model::fused::set_enabled(!args.plain_ops);
     let report = ept::bench::run(&settings, &allocator_setting())?;
     if args.json {
         println!(

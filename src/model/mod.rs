@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod fused;
 pub mod random;
 pub mod save;
 pub mod t5;

@@ -14,11 +14,12 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu};
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::config::{Activation, FeedForwardKind, T5Config};
+use super::fused;
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
 
@@ -61,11 +62,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let dtype = x.dtype();
-        let x32 = x.cast(DType::F32);
-        let var = x32.clone().square().mean_dim(2);
-        let normed = x32 * (var + self.eps).sqrt().recip();
-        normed.cast(dtype) * self.weight.clone().unsqueeze::<3>()
+        fused::rms_norm(x, self.weight.clone(), self.eps)
     }
 }
 
@@ -128,8 +125,8 @@ impl Attention {
     fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: &Tensor<4>) -> Tensor<3> {
         let [b, _, t, _] = q.dims();
         let dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) + bias.clone();
-        let weights = softmax(scores, 3).cast(dtype);
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32);
+        let weights = fused::softmax_with_bias(scores, bias.clone()).cast(dtype);
         let ctx = weights
             .matmul(v)
             .swap_dims(1, 2)
@@ -291,6 +288,9 @@ impl FeedForward {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.wi.forward(x.clone());
+        if let (Activation::GeluNew, Some(g)) = (self.act, &self.wi_gate) {
+            return self.wo.forward(fused::gated_gelu(h, g.forward(x)));
+        }
         let h = match self.act {
             Activation::Relu => relu(h),
             Activation::GeluNew => gelu_approximate(h),

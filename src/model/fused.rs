@@ -1,0 +1,630 @@
+//! Fused CPU kernels for the backbone's memory-bound steps, with their own backward.
+//!
+//! Why: burn composes T5's RMS norm from six tensor operations, the attention
+//! softmax (with its additive position bias and mask) from six more, and T5
+//! v1.1's gated-GELU activation from nine. On the CPU
+//! backend each is a pass over memory, run on the calling thread, and under
+//! autodiff each is a graph node that keeps its inputs alive for the backward
+//! pass. Here each becomes one pass forward and one backward, parallel over rows,
+//! keeping only what the backward needs (the input rows for the norm, the
+//! probabilities for the softmax).
+//!
+//! The kernels are a burn backend extension ([`FusedOps`]) implemented for the
+//! Flex CPU backend, plus an `Autodiff` implementation that records the backward
+//! step. [`rms_norm`], [`softmax_with_bias`] and [`gated_gelu`] use them for f32 tensors on Flex
+//! and fall back to the plain tensor operations everywhere else (other backends,
+//! other dtypes, or after [`set_enabled`]`(false)`); tests check that the two
+//! agree to 1e-5 in values and gradients.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, broadcast_shape};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
+};
+use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for the whole process (on by default).
+/// Off, every call takes the plain tensor operations: for benchmarks that
+/// measure what the kernels buy, and for checking one against the other.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The fused kernels apply to f32 tensors on the Flex CPU backend.
+fn flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && t.device().inner() == Device::flex()
+}
+
+/// T5LayerNorm, `weight * x / sqrt(mean(x²) + eps)` over the last dimension.
+pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    if enabled() && flex_f32(&x) && flex_f32(&weight) {
+        let out = <Dispatch as FusedOps>::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps);
+        Tensor::from_dispatch(out)
+    } else {
+        rms_norm_reference(x, weight, eps)
+    }
+}
+
+/// [`rms_norm`] from plain tensor operations, statistics in f32 whatever the dtype.
+pub fn rms_norm_reference(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    let dtype = x.dtype();
+    let x32 = x.cast(DType::F32);
+    let var = x32.clone().square().mean_dim(2);
+    let normed = x32 * (var + eps).sqrt().recip();
+    normed.cast(dtype) * weight.unsqueeze::<3>()
+}
+
+/// `softmax(scores + bias)` over the last dimension; `bias` broadcasts to `scores`.
+pub fn softmax_with_bias(scores: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
+    if enabled() && flex_f32(&scores) && flex_f32(&bias) {
+        let out =
+            <Dispatch as FusedOps>::softmax_with_bias(scores.into_dispatch(), bias.into_dispatch());
+        Tensor::from_dispatch(out)
+    } else {
+        softmax_with_bias_reference(scores, bias)
+    }
+}
+
+/// [`softmax_with_bias`] from plain tensor operations.
+pub fn softmax_with_bias_reference(scores: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
+    softmax(scores + bias, 3)
+}
+
+/// T5 v1.1's gated feed-forward activation, `gelu_new(gate) ⊙ linear`, where
+/// `gelu_new` is the tanh approximation of GELU.
+pub fn gated_gelu(gate: Tensor<3>, linear: Tensor<3>) -> Tensor<3> {
+    if enabled() && flex_f32(&gate) && flex_f32(&linear) {
+        let out = <Dispatch as FusedOps>::gated_gelu(gate.into_dispatch(), linear.into_dispatch());
+        Tensor::from_dispatch(out)
+    } else {
+        gated_gelu_reference(gate, linear)
+    }
+}
+
+/// [`gated_gelu`] from plain tensor operations.
+pub fn gated_gelu_reference(gate: Tensor<3>, linear: Tensor<3>) -> Tensor<3> {
+    burn::tensor::activation::gelu_approximate(gate) * linear
+}
+
+/// The fused operations, per backend. The `*_backward` methods are the
+/// backward passes the `Autodiff` implementation calls on the inner backend.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// `weight * x / sqrt(mean(x²) + eps)` over the last dimension of `x`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+
+    /// Gradients of [`FusedOps::rms_norm`] with respect to `x` and `weight`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `softmax(scores + bias)` over the last dimension; `bias` broadcasts to `scores`.
+    fn softmax_with_bias(scores: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradient of a softmax with respect to its input, from its output `probs`.
+    fn softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `gelu_new(gate) ⊙ linear`, elementwise (same shapes).
+    fn gated_gelu(gate: FloatTensor<Self>, linear: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradients of [`FusedOps::gated_gelu`] with respect to `gate` and `linear`.
+    fn gated_gelu_backward(
+        gate: FloatTensor<Self>,
+        linear: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Rows per rayon task: enough work per task to pay for the scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+/// The f32 elements of `t` in row-major order (copied only if `t` is a strided view).
+fn contiguous_f32(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
+    }
+}
+
+fn flex_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl FusedOps for Flex {
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        let shape = x.shape();
+        let d = *shape.as_slice().last().unwrap_or(&1);
+        let xs = contiguous_f32(&x);
+        let w = contiguous_f32(&weight);
+        let mut out = vec![0f32; xs.len()];
+        let chunk = rows_per_task(d) * d;
+        out.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .for_each(|(out, xs)| {
+                for (o, x) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                    let r = inv_rms(x, eps);
+                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w.iter()) {
+                        *o = w * (x * r);
+                    }
+                }
+            });
+        flex_tensor(out, shape)
+    }
+
+    fn rms_norm_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = x.shape();
+        let d = *shape.as_slice().last().unwrap_or(&1);
+        let xs = contiguous_f32(&x);
+        let gs = contiguous_f32(&grad);
+        let w = contiguous_f32(&weight);
+        let mut dx = vec![0f32; xs.len()];
+        let chunk = rows_per_task(d) * d;
+        // Each task returns its rows' share of the weight gradient; the shares are summed.
+        let dw = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk).zip(gs.par_chunks(chunk)))
+            .map(|(dx, (xs, gs))| {
+                let mut dw = vec![0f32; d];
+                for ((dx, x), g) in dx
+                    .chunks_exact_mut(d)
+                    .zip(xs.chunks_exact(d))
+                    .zip(gs.chunks_exact(d))
+                {
+                    let r = inv_rms(x, eps);
+                    // y = w ⊙ x̂, x̂ = x·r, r = (mean(x²) + eps)^(-1/2):
+                    // dx = r·(g⊙w) − x·r³·mean(g⊙w⊙x), dw = Σ_rows g⊙x̂.
+                    let mut dot = 0f32;
+                    for ((&g, &x), &w) in g.iter().zip(x).zip(w.iter()) {
+                        dot += g * w * x;
+                    }
+                    let c = r * r * r * dot / d as f32;
+                    for (((dx, &g), &x), (&w, dw)) in
+                        dx.iter_mut().zip(g).zip(x).zip(w.iter().zip(dw.iter_mut()))
+                    {
+                        *dx = r * g * w - c * x;
+                        *dw += g * x * r;
+                    }
+                }
+                dw
+            })
+            .reduce(
+                || vec![0f32; d],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        (flex_tensor(dx, shape), flex_tensor(dw, weight.shape()))
+    }
+
+    fn softmax_with_bias(scores: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let shape = scores.shape();
+        let k = *shape.as_slice().last().unwrap_or(&1);
+        let bias = Flex::float_expand(bias, shape.clone());
+        let ss = contiguous_f32(&scores);
+        let bs = contiguous_f32(&bias);
+        let mut out = vec![0f32; ss.len()];
+        let chunk = rows_per_task(k) * k;
+        out.par_chunks_mut(chunk)
+            .zip(ss.par_chunks(chunk).zip(bs.par_chunks(chunk)))
+            .for_each(|(out, (ss, bs))| {
+                for ((p, s), b) in out
+                    .chunks_exact_mut(k)
+                    .zip(ss.chunks_exact(k))
+                    .zip(bs.chunks_exact(k))
+                {
+                    let mut max = f32::NEG_INFINITY;
+                    for ((p, &s), &b) in p.iter_mut().zip(s).zip(b) {
+                        *p = s + b;
+                        max = max.max(*p);
+                    }
+                    let mut sum = 0f32;
+                    for p in p.iter_mut() {
+                        *p = (*p - max).exp();
+                        sum += *p;
+                    }
+                    let inv = 1.0 / sum;
+                    p.iter_mut().for_each(|p| *p *= inv);
+                }
+            });
+        flex_tensor(out, shape)
+    }
+
+    fn softmax_backward(probs: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = probs.shape();
+        let k = *shape.as_slice().last().unwrap_or(&1);
+        let ps = contiguous_f32(&probs);
+        let gs = contiguous_f32(&grad);
+        let mut out = vec![0f32; ps.len()];
+        let chunk = rows_per_task(k) * k;
+        out.par_chunks_mut(chunk)
+            .zip(ps.par_chunks(chunk).zip(gs.par_chunks(chunk)))
+            .for_each(|(out, (ps, gs))| {
+                for ((o, p), g) in out
+                    .chunks_exact_mut(k)
+                    .zip(ps.chunks_exact(k))
+                    .zip(gs.chunks_exact(k))
+                {
+                    // ds = p ⊙ (g − Σ g⊙p)
+                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                        *o = p * (g - dot);
+                    }
+                }
+            });
+        flex_tensor(out, shape)
+    }
+
+    fn gated_gelu(gate: FlexTensor, linear: FlexTensor) -> FlexTensor {
+        let shape = gate.shape();
+        let (a, l) = (contiguous_f32(&gate), contiguous_f32(&linear));
+        let mut out = vec![0f32; a.len()];
+        let chunk = 16 * 1024;
+        out.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk).zip(l.par_chunks(chunk)))
+            .for_each(|(out, (a, l))| {
+                for ((o, &a), &l) in out.iter_mut().zip(a).zip(l) {
+                    *o = gelu_new_and_slope(a).0 * l;
+                }
+            });
+        flex_tensor(out, shape)
+    }
+
+    fn gated_gelu_backward(
+        gate: FlexTensor,
+        linear: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = gate.shape();
+        let (a, l, g) = (
+            contiguous_f32(&gate),
+            contiguous_f32(&linear),
+            contiguous_f32(&grad),
+        );
+        let mut da = vec![0f32; a.len()];
+        let mut dl = vec![0f32; a.len()];
+        let chunk = 16 * 1024;
+        da.par_chunks_mut(chunk)
+            .zip(dl.par_chunks_mut(chunk))
+            .zip(
+                a.par_chunks(chunk)
+                    .zip(l.par_chunks(chunk).zip(g.par_chunks(chunk))),
+            )
+            .for_each(|((da, dl), (a, (l, g)))| {
+                for (((da, dl), &a), (&l, &g)) in
+                    da.iter_mut().zip(dl.iter_mut()).zip(a).zip(l.iter().zip(g))
+                {
+                    // out = gelu(a)·l: d_a = g·l·gelu'(a), d_l = g·gelu(a).
+                    let (value, slope) = gelu_new_and_slope(a);
+                    *da = g * l * slope;
+                    *dl = g * value;
+                }
+            });
+        (flex_tensor(da, shape.clone()), flex_tensor(dl, shape))
+    }
+}
+
+/// sqrt(2/π), the scale inside `gelu_new`'s tanh.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic coefficient of `gelu_new`.
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// `gelu_new(a)` and its derivative.
+fn gelu_new_and_slope(a: f32) -> (f32, f32) {
+    let t = (SQRT_2_OVER_PI * (a + GELU_CUBIC * a * a * a)).tanh();
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * a * a);
+    (
+        0.5 * a * (1.0 + t),
+        0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * du,
+    )
+}
+
+/// `(mean(x²) + eps)^(-1/2)` of one row, accumulated in f32 like the reference.
+fn inv_rms(x: &[f32], eps: f64) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps as f32).sqrt()
+}
+
+/// The backward step of [`FusedOps::rms_norm`] under autodiff; keeps `x` and `weight`.
+#[derive(Debug)]
+struct RmsNormStep {
+    eps: f64,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 2> for RmsNormStep {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node, w_node] = ops.parents;
+        let (x, w) = ops.state;
+        let (dx, dw) = B::rms_norm_backward(x, w, grad, self.eps);
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = w_node {
+            grads.register::<B>(node.id, dw);
+        }
+    }
+}
+
+/// The backward step of [`FusedOps::softmax_with_bias`] under autodiff; keeps the
+/// probabilities, and the bias's shape to sum its gradient back to.
+#[derive(Debug)]
+struct SoftmaxWithBiasStep {
+    bias_shape: Shape,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 2> for SoftmaxWithBiasStep {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [scores_node, bias_node] = ops.parents;
+        let ds = B::softmax_backward(ops.state, grad);
+        if let Some(node) = bias_node {
+            grads.register::<B>(node.id, broadcast_shape::<B>(ds.clone(), &self.bias_shape));
+        }
+        if let Some(node) = scores_node {
+            grads.register::<B>(node.id, ds);
+        }
+    }
+}
+
+/// The backward step of [`FusedOps::gated_gelu`] under autodiff; keeps both inputs.
+#[derive(Debug)]
+struct GatedGeluStep;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for GatedGeluStep {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [gate_node, linear_node] = ops.parents;
+        let (gate, linear) = ops.state;
+        let (dgate, dlinear) = B::gated_gelu_backward(gate, linear, grad);
+        if let Some(node) = gate_node {
+            grads.register::<B>(node.id, dgate);
+        }
+        if let Some(node) = linear_node {
+            grads.register::<B>(node.id, dlinear);
+        }
+    }
+}
+
+impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let prep = RmsNormStep { eps }
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.into_primitive(), weight.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::rms_norm(x.clone(), w.clone(), eps);
+                prep.finish((x, w), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x, w, eps)),
+        }
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Second-order gradients are not needed anywhere: computed untracked.
+        let (dx, dw) = B::rms_norm_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            grad.into_primitive(),
+            eps,
+        );
+        (Self::from_inner(dx), Self::from_inner(dw))
+    }
+
+    fn softmax_with_bias(scores: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let bias_shape = bias.primitive().shape();
+        let prep = SoftmaxWithBiasStep { bias_shape }
+            .prepare::<C>([scores.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let probs = B::softmax_with_bias(scores.into_primitive(), bias.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(probs.clone(), probs),
+            OpsKind::UnTracked(prep) => prep.finish(probs),
+        }
+    }
+
+    fn softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let ds = B::softmax_backward(probs.into_primitive(), grad.into_primitive());
+        Self::from_inner(ds)
+    }
+
+    fn gated_gelu(gate: FloatTensor<Self>, linear: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = GatedGeluStep
+            .prepare::<C>([gate.node(), linear.node()])
+            .compute_bound()
+            .stateful();
+        let (a, l) = (gate.into_primitive(), linear.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::gated_gelu(a.clone(), l.clone());
+                prep.finish((a, l), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gated_gelu(a, l)),
+        }
+    }
+
+    fn gated_gelu_backward(
+        gate: FloatTensor<Self>,
+        linear: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (da, dl) = B::gated_gelu_backward(
+            gate.into_primitive(),
+            linear.into_primitive(),
+            grad.into_primitive(),
+        );
+        (Self::from_inner(da), Self::from_inner(dl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+        let mut rng = Rng::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// Runs `f` with the fused kernels and with plain operations on the same
+    /// inputs, backpropagates the same random upstream gradient through both,
+    /// and returns the largest difference in output and in each input gradient.
+    fn compare<const D: usize, const E: usize>(
+        inputs: (Tensor<D>, Tensor<E>),
+        f: impl Fn(Tensor<D>, Tensor<E>, bool) -> Tensor<D>,
+    ) -> [f32; 3] {
+        let device = Device::flex().autodiff();
+        let upstream = random(inputs.0.dims(), 99, &inputs.0.device());
+        let run = |fused: bool| {
+            let a = Tensor::<D>::from_data(inputs.0.to_data(), &device).require_grad();
+            let b = Tensor::<E>::from_data(inputs.1.to_data(), &device).require_grad();
+            let out = f(a.clone(), b.clone(), fused);
+            let up = Tensor::<D>::from_data(upstream.to_data(), &device);
+            let grads = (out.clone() * up).sum().backward();
+            let ga = a.grad(&grads).unwrap();
+            let gb = b.grad(&grads).unwrap();
+            (out, ga, gb)
+        };
+        let (o1, a1, b1) = run(true);
+        let (o2, a2, b2) = run(false);
+        [
+            max_abs_diff(o1, o2),
+            max_abs_diff(a1, a2),
+            max_abs_diff(b1, b2),
+        ]
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_plain_ops_in_values_and_gradients() {
+        let device = Device::flex();
+        let x = random([3, 7, 48], 1, &device) * 3.0;
+        let w = random([48], 2, &device);
+        let diffs = compare((x, w), |x, w, fused| {
+            let w1: Tensor<1> = w.reshape([48]);
+            if fused {
+                rms_norm(x, w1, 1e-6)
+            } else {
+                rms_norm_reference(x, w1, 1e-6)
+            }
+        });
+        for d in diffs {
+            assert!(
+                d < 1e-5,
+                "fused and plain RMS norm differ by {d} ({diffs:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_softmax_matches_plain_ops_for_every_bias_shape() {
+        let device = Device::flex();
+        // Full bias (encoder), per-head bias (decoder self-attention), per-example mask (cross).
+        for (i, bias_shape) in [[2, 3, 5, 9], [1, 3, 5, 9], [2, 1, 1, 9]]
+            .into_iter()
+            .enumerate()
+        {
+            let scores = random([2, 3, 5, 9], 10 + i as u64, &device) * 4.0;
+            let mut bias = random(bias_shape, 20 + i as u64, &device);
+            if i == 2 {
+                // A padding mask: the last two keys of the second example are masked off.
+                let mut v = vec![0f32; 18];
+                v[16] = -1e30;
+                v[17] = -1e30;
+                bias = Tensor::from_data(TensorData::new(v, bias_shape), &device);
+            }
+            let diffs = compare((scores, bias), |s, b, fused| {
+                if fused {
+                    softmax_with_bias(s, b)
+                } else {
+                    softmax_with_bias_reference(s, b)
+                }
+            });
+            for d in diffs {
+                assert!(
+                    d < 1e-5,
+                    "bias {bias_shape:?}: fused and plain differ by {d} ({diffs:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_gated_gelu_matches_plain_ops_in_values_and_gradients() {
+        let device = Device::flex();
+        let gate = random([2, 5, 64], 4, &device) * 3.0;
+        let linear = random([2, 5, 64], 5, &device);
+        let diffs = compare((gate, linear), |a, l, fused| {
+            let l: Tensor<3> = l;
+            if fused {
+                gated_gelu(a, l)
+            } else {
+                gated_gelu_reference(a, l)
+            }
+        });
+        for d in diffs {
+            assert!(
+                d < 1e-5,
+                "fused and plain gated GELU differ by {d} ({diffs:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fused_path_is_taken_only_for_f32_on_flex() {
+        let device = Device::flex();
+        let x = random([1, 2, 4], 3, &device);
+        assert!(flex_f32(&x));
+        assert!(flex_f32(&Tensor::<3>::from_data(
+            x.to_data(),
+            &device.clone().autodiff()
+        )));
+        assert!(!flex_f32(&x.cast(DType::BF16)));
+    }
+}
