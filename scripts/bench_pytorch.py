@@ -12,6 +12,17 @@ has `requires_grad=False`; the model is in eval mode (no dropout, as in ept).
 
     python scripts/bench_pytorch.py --shape t5-small --method pt --steps 5 --warmup 2 [--json]
 
+Task level (`--task-dir DIR`, written by `ept bench --task sst2|rte --export DIR`): one
+training epoch of the exported workload as DePT's pipeline runs it: the same random model
+(DIR/model, Hugging Face layout), the same examples and the same initial prompt
+(DIR/prompt.safetensors), PEFT prompt tuning (`PromptTuningConfig`, the prompt copied in),
+every input padded to `--pad-to` (DePT's max_source_length, 256), targets padded to the
+batch's longest, a random order, torch AdamW (lr from the workload, no weight decay). Reports
+the epoch's wall time, the token-mean loss over all examples at the initial prompt (must equal
+ept's) and the mean batch loss of the epoch.
+
+    python scripts/bench_pytorch.py --task-dir DIR [--pad-to 256] [--json]
+
 Reports median / min / mean step time, the forward and backward medians,
 input tokens per second at the median, and the process's peak resident memory
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`: the whole process, the Python
@@ -70,11 +81,107 @@ def parse_args(argv=None):
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                    help="transformers attention implementation (sdpa is its default)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--task-dir", help="task level: replay `ept bench --task ... --export DIR`")
+    p.add_argument("--pad-to", type=int, default=256, help="task level: pad every input to this length")
     return p.parse_args(argv)
+
+
+def run_task(args) -> int:
+    """One epoch of the exported workload, DePT's way (see the module docs)."""
+    start_rss = proc_status_mib("VmRSS:")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+    import transformers
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import T5ForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    work = json.load(open(os.path.join(args.task_dir, "workload.json")))
+    st = work["settings"]["step"]
+    if st["method"] != "pt":
+        sys.exit("bench_pytorch: the task level replays PT only (PEFT's prompt tuning)")
+    examples = work["examples"]
+    batch = st["batch"]
+    lr = work["settings"]["lr"]
+    model = T5ForConditionalGeneration.from_pretrained(
+        os.path.join(args.task_dir, "model"), dtype=torch.float32, attn_implementation=args.attn)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prompt = load_file(os.path.join(args.task_dir, "prompt.safetensors"))["prompt"].float()
+    n, d = prompt.shape
+    cfg = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=n, token_dim=d,
+                             num_transformer_submodules=1)
+    pmodel = get_peft_model(model, cfg)
+    emb = pmodel.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        emb.copy_(prompt)
+    params = [p for p in pmodel.parameters() if p.requires_grad]
+    assert len(params) == 1 and params[0] is emb, [tuple(p.shape) for p in params]
+    # transformers' AdamW is gone in 5.x; torch's with Hugging Face's old eps.
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+
+    def collate(rows, pad_to):
+        width = max(pad_to, max(len(r["input_ids"]) for r in rows))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        t = max(len(r["label_ids"]) for r in rows)
+        labels = torch.full((len(rows), t), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+            labels[i, : len(r["label_ids"])] = torch.tensor(r["label_ids"])
+        return ids, mask, labels
+
+    # The loss at the initial prompt, token-mean over every example (untimed).
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch):
+            ids, mask, labels = collate(examples[i : i + batch], 0)
+            logits = pmodel(input_ids=ids, attention_mask=mask, labels=labels).logits
+            total += float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                reduction="sum"))
+            tokens += int((labels != -100).sum())
+    initial_loss = total / tokens
+
+    g = torch.Generator().manual_seed(st["seed"])
+    order = torch.randperm(len(examples), generator=g).tolist()
+    t0 = time.perf_counter()
+    losses, padded = [], 0
+    for i in range(0, len(order), batch):
+        rows = [examples[j] for j in order[i : i + batch]]
+        ids, mask, labels = collate(rows, args.pad_to)
+        padded += ids.numel()
+        loss = pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    epoch_s = time.perf_counter() - t0
+    report = {
+        "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__} + PEFT",
+        "task": work["settings"]["task"], "examples": len(examples), "batch": batch,
+        "pad_to": args.pad_to, "attn_implementation": args.attn, "threads": torch.get_num_threads(),
+        "batches": len(losses), "padded_tokens": padded,
+        "real_tokens": sum(len(r["input_ids"]) for r in examples),
+        "epoch_s": epoch_s, "examples_per_s": len(examples) / epoch_s,
+        "initial_loss": initial_loss, "epoch_mean_loss": statistics.fmean(losses),
+        "start_rss_mib": start_rss, "peak_rss_mib": maxrss_mib(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for k, v in report.items():
+            print(f"{k:22} {v}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.task_dir:
+        return run_task(args)
     shape = SHAPES[args.shape]
     batch = args.batch or shape["batch"]
     length = args.len or shape["len"]

@@ -31,16 +31,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-BIN="${EPT_BIN:-target/release/ept}"
-if [ ! -x "$BIN" ]; then
-    cargo build --release >&2
-fi
-if [ -z "$OUT" ]; then
-    OUT="$(mktemp -d)"
-    trap 'rm -rf "$OUT"' EXIT
-fi
-mkdir -p "$OUT"
+. scripts/bench_setup.sh
 
 WORKLOADS=("t5-small pt" "t5-small ept")
 if [ "$FULL" = 1 ]; then

@@ -14,7 +14,11 @@ pub fn cpu_device(train: bool) -> Device {
 /// fresh `mmap` + page faults. Measured on the T5-small-shaped frozen step
 /// (see docs/BENCHMARKS.md). Equivalent to
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296`.
+/// `EPT_DEFAULT_MALLOC=1` leaves glibc's defaults in place.
 pub fn tune_allocator() {
+    if allocator_untouched() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const M_TRIM_THRESHOLD: i32 = -1;
@@ -28,6 +32,11 @@ pub fn tune_allocator() {
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }
+}
+
+/// Whether `EPT_DEFAULT_MALLOC` asks to leave glibc's malloc settings alone.
+pub fn allocator_untouched() -> bool {
+    std::env::var_os("EPT_DEFAULT_MALLOC").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Restores the default SIGPIPE action, so `ept tasks show ... | head` ends

@@ -47,6 +47,24 @@ pub struct BenchArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Task level: one training epoch of an sst2- or rte-shaped workload
+    /// (lengths drawn like the real task's; batches of 32 unless --batch; m = --len, default 256).
+    #[arg(long)]
+    task: Option<String>,
+    /// Task level: examples in the epoch.
+    #[arg(long, default_value_t = 512)]
+    examples: usize,
+    /// Task level: pad every input to this length (DePT's pipeline); 0 = length buckets,
+    /// each batch padded to its longest input (`ept train`'s way).
+    #[arg(long, default_value_t = 0)]
+    pad_to: usize,
+    /// Task level: the prompt's learning rate (constant).
+    #[arg(long, default_value_t = 0.3)]
+    lr: f64,
+    /// Task level: write the model, examples and initial prompt here, for
+    /// `scripts/bench_pytorch.py --task-dir`.
+    #[arg(long)]
+    export: Option<std::path::PathBuf>,
     /// Burn's plain tensor operations instead of the fused CPU kernels
     /// (RMS norm, attention softmax): to measure what the kernels buy.
     #[arg(long)]
@@ -55,7 +73,9 @@ pub struct BenchArgs {
 
 /// The allocator setting `main` put in force (`ept::runtime::tune_allocator`).
 fn allocator_setting() -> String {
-    let base = if cfg!(all(target_os = "linux", target_env = "gnu")) {
+    let base = if ept::runtime::allocator_untouched() {
+        "system allocator, defaults (EPT_DEFAULT_MALLOC)".to_string()
+    } else if cfg!(all(target_os = "linux", target_env = "gnu")) {
         "glibc malloc, mallopt mmap_threshold=32MiB trim_threshold=INT_MAX (ept::runtime::tune_allocator)"
             .to_string()
     } else {
@@ -82,14 +102,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
     settings.seed = args.seed;
     settings.dtype = FloatType::parse(&args.dtype)?;
     ept::model::fused::set_enabled(!args.plain_ops);
+    if let Some(task) = &args.task {
+        settings.batch = args.batch.unwrap_or(32);
+        settings.len = args.len.unwrap_or(256);
+        let task = ept::bench::task::TaskBenchSettings {
+            step: settings,
+            task: ept::bench::task::TaskShape::parse(task)?,
+            examples: args.examples,
+            pad_to: args.pad_to,
+            lr: args.lr,
+            export: args.export.clone(),
+        };
+        let report = ept::bench::task::run(&task)?;
+        print_report(&report, args.json, || report.table());
+        return Ok(());
+    }
     let report = ept::bench::run(&settings, &allocator_setting())?;
-    if args.json {
+    print_report(&report, args.json, || report.table());
+    Ok(())
+}
+
+/// One JSON object (`--json`) or the human-readable table.
+fn print_report<R: serde::Serialize>(report: &R, json: bool, table: impl FnOnce() -> String) {
+    if json {
         println!(
             "{}",
-            serde_json::to_string(&report).expect("a bench report serialises")
+            serde_json::to_string(report).expect("a bench report serialises")
         );
     } else {
-        print!("{}", report.table());
+        print!("{}", table());
     }
-    Ok(())
 }

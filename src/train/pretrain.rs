@@ -386,7 +386,7 @@ pub fn pretrain(
     let groups = vec![(ParamGroup::Auxiliary, settings); n_weights];
     let mut optim = AdamW::new(AdamWConfig::default(), n_weights);
     let mut rng = Rng::new(cfg.seed ^ 0x5EED);
-    let first_eval_loss = eval_loss(&model.clone().detached(), &eval_rows);
+    let first_eval_loss = eval_loss(&model.for_inference(), &eval_rows);
     let mut logs = Vec::with_capacity(cfg.steps as usize);
     let mut final_eval_loss = first_eval_loss;
     for step in 0..cfg.steps {
@@ -442,9 +442,9 @@ pub fn pretrain(
             .chain(&span_rows)
             .map(|r| r.input_ids.len() + r.label_ids.len())
             .sum();
-        // Held-out scores on one detached copy of the weights.
+        // Held-out scores on one copy of the weights off the autodiff device.
         let (eval, exact) = if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.steps {
-            let frozen = model.clone().detached();
+            let frozen = model.for_inference();
             let e = eval_loss(&frozen, &eval_rows);
             final_eval_loss = e;
             (Some(e), Some(aux_exact_match(&frozen, &material)))

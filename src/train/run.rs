@@ -179,7 +179,10 @@ pub fn score_split(
     cfg: &TrainConfig,
 ) -> Result<Scores> {
     let tokenized = tokenize_pairs(&backbone.tokenizer, examples, Some(cfg.prompt.m))?;
-    let loss = corpus_loss(&backbone.model, prompt, &tokenized, cfg.eval_batch_size).loss;
+    // Forward passes only: off the autodiff device (see `T5::for_inference`).
+    let model = backbone.model.for_inference();
+    let prompt = &prompt.clone().to_device(model.device(), false);
+    let loss = corpus_loss(&model, prompt, &tokenized, cfg.eval_batch_size).loss;
     let labels = task.and_then(|t| t.labels());
     let scoring = if labels.is_none() {
         Scoring::Generate
@@ -187,7 +190,7 @@ pub fn score_split(
         cfg.scoring
     };
     let preds = predict(
-        &backbone.model,
+        &model,
         &backbone.tokenizer,
         prompt,
         &tokenized,

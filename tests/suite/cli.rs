@@ -393,3 +393,52 @@ fn eval_scores_a_task_by_generation_and_by_ranking() {
     ]);
     assert!(e.contains("rank"), "{e}");
 }
+
+/// The task-level benchmark runs an epoch, exports what the PyTorch side
+/// replays, and counts padding the way each policy pads.
+#[test]
+fn task_bench_exports_its_workload_and_pads_as_asked() {
+    let out = temp_dir("task-bench");
+    let dir = out.join("sst2");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "--task", "sst2", "--examples", "6", "--batch", "3"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let (code, stdout, stderr) = ept(&args);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let buckets = run(&["--export", dir.to_str().unwrap()]);
+    let padded = run(&["--pad-to", "256"]);
+    assert_eq!(buckets["batches"], 2);
+    assert_eq!(padded["padded_tokens"], 6 * 256);
+    let real = buckets["real_tokens"].as_u64().unwrap();
+    let bucketed = buckets["padded_tokens"].as_u64().unwrap();
+    assert!(real <= bucketed && bucketed < 6 * 256, "{real} {bucketed}");
+    // Same seed: same model, prompt and examples, so the same initial loss.
+    let (a, b) = (
+        buckets["initial_loss"].as_f64().unwrap(),
+        padded["initial_loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-4 * a.abs(), "{a} vs {b}");
+    let work: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("workload.json")).unwrap()).unwrap();
+    let examples = work["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), 6);
+    let lens: u64 = examples
+        .iter()
+        .map(|e| e["input_ids"].as_array().unwrap().len() as u64)
+        .sum();
+    assert_eq!(lens, real);
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "prompt.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let e = error_of(&["bench", "--task", "cola"]);
+    assert!(e.contains("cola") && e.contains("sst2 or rte"), "{e}");
+    let e = error_of(&["bench", "--task", "sst2", "--method", "none"]);
+    assert!(e.contains("--method pt or ept"), "{e}");
+}
