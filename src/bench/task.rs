@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::data::batching::{BatchSize, epoch_batches};
 use crate::error::{Error, Result};
-use crate::evaluate::batch_loss_sums;
+use crate::evaluate::{batch_loss_sums, corpus_loss};
 use crate::model::T5;
 use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
 use crate::prompt::checkpoint::{self, PromptMeta};
@@ -111,20 +111,12 @@ pub struct TaskBenchReport {
     pub peak_rss_mib: f64,
 }
 
-/// Token-mean loss of all `examples` at `prompt`, in batches of `batch`.
-/// Untracked copies: no autodiff graph is built.
+/// Token-mean loss of all `examples` at `prompt`, in batches of `batch`, on
+/// copies off the autodiff device (see `T5::for_inference`).
 fn mean_loss(model: &T5, prompt: &SoftPrompt, examples: &[TokenizedExample], batch: usize) -> f64 {
-    let model = &model.for_inference();
+    let model = model.for_inference();
     let prompt = prompt.clone().to_device(model.device(), false);
-    let cfg = &model.config;
-    let (mut sum, mut tokens) = (0.0, 0usize);
-    for rows in examples.chunks(batch.max(1)) {
-        let b = Seq2SeqBatch::new(rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
-        let s = batch_loss_sums(model, &prompt, &b).sum();
-        sum += crate::tensors::to_f32_vec(s)[0] as f64;
-        tokens += b.n_tokens;
-    }
-    sum / tokens as f64
+    corpus_loss(&model, &prompt, examples, batch).loss
 }
 
 /// Writes what `scripts/bench_pytorch.py --task-dir` needs to replay the epoch.
@@ -217,15 +209,7 @@ pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
             .iter()
             .map(|(_, _, t)| t.grad(&grads))
             .collect();
-        let current = prompt
-            .params()
-            .iter()
-            .map(|(_, _, t)| (*t).clone().inner())
-            .collect();
-        let updated = optim.step(current, g, &groups, 1.0);
-        for (slot, new) in prompt.params_mut().into_iter().zip(updated) {
-            *slot = new.autodiff().require_grad();
-        }
+        optim.step_prompt(&mut prompt, g, &groups, 1.0);
     }
     let epoch_s = t0.elapsed().as_secs_f64();
     Ok(TaskBenchReport {

@@ -5,7 +5,7 @@
 
 use burn::tensor::{DType, Tensor};
 
-use crate::prompt::ParamGroup;
+use crate::prompt::{ParamGroup, SoftPrompt};
 
 /// Settings of one parameter group.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -106,6 +106,29 @@ impl AdamW {
                 p
             })
             .collect()
+    }
+}
+
+impl AdamW {
+    /// One [`AdamW::step`] of `prompt`'s parameters in place: the update runs
+    /// on the plain f32 tensors, which go back on the autodiff device as
+    /// trainable leaves for the next forward pass.
+    pub fn step_prompt(
+        &mut self,
+        prompt: &mut SoftPrompt,
+        grads: Vec<Option<Tensor<2>>>,
+        groups: &[(ParamGroup, GroupSettings)],
+        lr_scale: f64,
+    ) {
+        let current: Vec<Tensor<2>> = prompt
+            .params()
+            .iter()
+            .map(|(_, _, t)| (*t).clone().inner())
+            .collect();
+        let updated = self.step(current, grads, groups, lr_scale);
+        for (slot, new) in prompt.params_mut().into_iter().zip(updated) {
+            *slot = new.autodiff().require_grad();
+        }
     }
 }
 

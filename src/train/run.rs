@@ -413,15 +413,7 @@ pub fn train(
         }
         let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
         let factor = cfg.schedule.factor(step, cfg.warmup_steps, cfg.max_steps);
-        let current: Vec<Tensor<2>> = prompt
-            .params()
-            .iter()
-            .map(|(_, _, t)| (*t).clone().inner())
-            .collect();
-        let updated = optim.step(current, g, &groups, factor);
-        for (slot, new) in prompt.params_mut().into_iter().zip(updated) {
-            *slot = new.autodiff().require_grad();
-        }
+        optim.step_prompt(&mut prompt, g, &groups, factor);
         state.step = step + 1;
         state.optimizer_step = optim.step;
         let secs = t0.elapsed().as_secs_f64();
