@@ -80,10 +80,22 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                    help="transformers attention implementation (sdpa is its default)")
+    p.add_argument("--dtype", choices=["f32", "bf16-mixed"], default="f32",
+                   help="bf16-mixed: the step under torch.autocast('cpu', dtype=torch.bfloat16)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--task-dir", help="task level: replay `ept bench --task ... --export DIR`")
     p.add_argument("--pad-to", type=int, default=256, help="task level: pad every input to this length")
     return p.parse_args(argv)
+
+
+def make_autocast(torch, dtype):
+    """The context the step runs in: bf16 autocast (PyTorch's mixed precision
+    on CPU: matrix products in bf16 through oneDNN, AMX where the CPU has it)
+    or nothing."""
+    import contextlib
+    if dtype == "bf16-mixed":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def run_task(args) -> int:
@@ -121,6 +133,7 @@ def run_task(args) -> int:
     assert len(params) == 1 and params[0] is emb, [tuple(p.shape) for p in params]
     # transformers' AdamW is gone in 5.x; torch's with Hugging Face's old eps.
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    autocast = make_autocast(torch, args.dtype)
 
     def collate(rows, pad_to):
         width = max(pad_to, max(len(r["input_ids"]) for r in rows))
@@ -136,12 +149,12 @@ def run_task(args) -> int:
 
     # The loss at the initial prompt, token-mean over every example (untimed).
     total, tokens = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for i in range(0, len(examples), batch):
             ids, mask, labels = collate(examples[i : i + batch], 0)
             logits = pmodel(input_ids=ids, attention_mask=mask, labels=labels).logits
             total += float(torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                 reduction="sum"))
             tokens += int((labels != -100).sum())
     initial_loss = total / tokens
@@ -154,7 +167,8 @@ def run_task(args) -> int:
         rows = [examples[j] for j in order[i : i + batch]]
         ids, mask, labels = collate(rows, args.pad_to)
         padded += ids.numel()
-        loss = pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with autocast():
+            loss = pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -163,7 +177,7 @@ def run_task(args) -> int:
     report = {
         "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__} + PEFT",
         "task": work["settings"]["task"], "examples": len(examples), "batch": batch,
-        "pad_to": args.pad_to, "attn_implementation": args.attn, "threads": torch.get_num_threads(),
+        "pad_to": args.pad_to, "dtype": args.dtype, "attn_implementation": args.attn, "threads": torch.get_num_threads(),
         "batches": len(losses), "padded_tokens": padded,
         "real_tokens": sum(len(r["input_ids"]) for r in examples),
         "epoch_s": epoch_s, "examples_per_s": len(examples) / epoch_s,
@@ -249,16 +263,19 @@ def main(argv=None) -> int:
     n_tokens = int(lens.sum())
     setup_peak = maxrss_mib()
 
+    autocast = make_autocast(torch, args.dtype)
+
     def step():
         t0 = time.perf_counter()
-        embeds = model.get_input_embeddings()(ids)
-        if prompt is None:
-            x = embeds.detach().requires_grad_(True)
-            m2, wrt = mask, [x]
-        else:
-            x, m2, _, _ = prompt.encoder_inputs(embeds, mask)
-            wrt = params
-        loss = model(inputs_embeds=x, attention_mask=m2, labels=labels).loss
+        with autocast():
+            embeds = model.get_input_embeddings()(ids)
+            if prompt is None:
+                x = embeds.detach().requires_grad_(True)
+                m2, wrt = mask, [x]
+            else:
+                x, m2, _, _ = prompt.encoder_inputs(embeds, mask)
+                wrt = params
+            loss = model(inputs_embeds=x, attention_mask=m2, labels=labels).loss
         value = loss.item()
         t1 = time.perf_counter()
         grads = torch.autograd.grad(loss, wrt)
@@ -280,7 +297,7 @@ def main(argv=None) -> int:
         "settings": {
             "shape": args.shape, "batch": batch, "len": length, "method": args.method,
             "l": args.l, "s": args.s, "r": args.r, "num_experts": args.num_experts,
-            "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": "f32",
+            "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": args.dtype,
         },
         "attn_implementation": attn_impl,
         "prompt_rows": prompt_rows,

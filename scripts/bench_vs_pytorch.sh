@@ -5,17 +5,19 @@
 #
 #   scripts/bench_vs_pytorch.sh [--full] [--v11] [--steps N] [--warmup W]
 #                               [--threads T] [--attn sdpa|eager] [--out DIR]
+#                               [--dtype f32|bf16-mixed]
 #
 # Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
 # fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
 # 8 x 256; --v11 adds T5 v1.1-small (gated-GELU) PT and EPT at 16 x 128. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
 # burn-flex, torch.set_num_threads for PyTorch; default 2). --out keeps the
-# JSON reports. EPT_BIN overrides the ept binary (default target/release/ept,
+# JSON reports. --dtype bf16-mixed runs both sides in bf16 mixed precision
+# (ept `--dtype bf16-mixed`, PyTorch under torch.autocast(cpu, bfloat16)). EPT_BIN overrides the ept binary (default target/release/ept,
 # built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=5 WARMUP=2 THREADS=2 FULL=0 V11=0 ATTN=sdpa OUT=""
+STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 ATTN=sdpa OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
         --steps) STEPS="$2"; shift ;;
         --warmup) WARMUP="$2"; shift ;;
         --threads) THREADS="$2"; shift ;;
+        --dtype) DTYPE="$2"; shift ;;
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
@@ -44,18 +47,18 @@ fi
 for w in "${WORKLOADS[@]}"; do
     read -r shape method <<<"$w"
     echo "== $shape $method: ept" >&2
-    "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" --json \
-        >"$OUT/ept-$shape-$method.json"
+    "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" \
+        --dtype "$DTYPE" --json >"$OUT/ept-$shape-$method.json"
     echo "== $shape $method: PyTorch" >&2
     python3 scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
-        --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --json \
+        --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" --json \
         >"$OUT/torch-$shape-$method.json"
 done
 
-python3 - "$OUT" "$STEPS" "$WARMUP" "$THREADS" "${WORKLOADS[@]}" <<'PY'
+python3 - "$OUT" "$STEPS" "$WARMUP" "$THREADS" "$DTYPE" "${WORKLOADS[@]}" <<'PY'
 import json, os, platform, subprocess, sys, datetime
 
-out, steps, warmup, threads, *workloads = sys.argv[1:]
+out, steps, warmup, threads, dtype, *workloads = sys.argv[1:]
 
 def load(side, shape, method):
     with open(os.path.join(out, f"{side}-{shape}-{method}.json")) as f:
@@ -77,7 +80,7 @@ for w in workloads:
 
 first_e, first_t = next(iter(runs.values()))
 print(f"{datetime.date.today()}, {cpu()}, {os.cpu_count()} CPUs visible, {threads} threads each side; "
-      f"{steps} measured steps after {warmup} warm-up.")
+      f"{steps} measured steps after {warmup} warm-up; precision {dtype} on both sides.")
 print(f"ept: {first_e['implementation']}, allocator: {first_e['allocator']}; "
       f"threads asked {first_e['threads']}, in the process {first_e.get('process_threads', '?')}.")
 print(f"PyTorch: {first_t['implementation']}, attention `{first_t.get('attn_implementation', '?')}`, "

@@ -495,7 +495,7 @@ impl BenchReport {
                 s.batch, s.len, self.prompt_rows, self.encoder_len, self.target_tokens
             ),
         );
-        row("dtype", format!("{:?}", s.dtype).to_lowercase());
+        row("dtype", s.dtype.name().to_string());
         row(
             "parameters",
             format!(

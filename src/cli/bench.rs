@@ -41,7 +41,9 @@ pub struct BenchArgs {
     /// Seed of the random weights, prompt and batch.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Compute dtype of the frozen model: f32 or bf16.
+    /// Precision of the frozen model: f32, bf16 (every tensor) or bf16-mixed
+    /// (bf16 dense layers with f32 sums, on AMX tiles where the CPU has them;
+    /// EPT_NO_AMX=1 takes the portable path).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON object instead of the table.

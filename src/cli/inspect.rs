@@ -36,7 +36,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "tied_head": b.model.tied_head,
         "rescale_decoder_output": c.rescale_decoder_output(),
         "storage_dtype": b.storage_dtype,
-        "compute_dtype": format!("{:?}", b.model.dtype).to_lowercase(),
+        "compute_dtype": b.model.dtype.name(),
         "parameters": b.model.num_parameters(),
         "files": b.files,
     });

@@ -64,7 +64,8 @@ pub struct ModelArgs {
     /// Branch, tag or commit of a hub id in the cache.
     #[arg(long)]
     pub revision: Option<String>,
-    /// Compute dtype: f32 (default; bf16 checkpoints are upcast) or bf16.
+    /// Precision: f32 (default; bf16 checkpoints are upcast), bf16 or bf16-mixed
+    /// (bf16 dense layers with f32 sums; AMX tiles where the CPU has them).
     #[arg(long)]
     pub dtype: Option<String>,
 }

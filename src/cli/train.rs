@@ -35,7 +35,9 @@ pub struct TrainArgs {
     /// Branch, tag or commit of a hub id in the cache.
     #[arg(long)]
     revision: Option<String>,
-    /// Compute dtype of the frozen model: f32 (default) or bf16. Prompts always train in f32.
+    /// Precision of the frozen model: f32 (default), bf16 (every tensor) or bf16-mixed (bf16
+    /// dense layers with f32 sums, as PyTorch's bf16 autocast; AMX tiles where the CPU has
+    /// them). Prompts and optimizer state always stay in f32.
     #[arg(long)]
     dtype: Option<String>,
     /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics; data from --data or the HF caches),

@@ -29,28 +29,45 @@ pub struct WeightFile {
     origin: PathBuf,
 }
 
-/// The floating-point types a backbone can be computed in.
+/// The floating-point types a backbone can be computed in (names as PyTorch
+/// Lightning's `precision`: `bf16` is "bf16-true", every tensor in bf16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum FloatType {
     F32,
     Bf16,
+    /// Mixed precision, as PyTorch's bf16 autocast: the dense layers' weights
+    /// in bf16 and their inputs rounded to bf16, sums in f32; everything else
+    /// (norms, softmax, residual stream, embeddings, head) in f32. On CPUs
+    /// with AMX the dense layers run on its bf16 tiles (`model/amx.rs`).
+    Bf16Mixed,
 }
 
 impl FloatType {
+    /// The dtype the backbone's tensors are held in.
     pub fn dtype(self) -> DType {
         match self {
-            FloatType::F32 => DType::F32,
+            FloatType::F32 | FloatType::Bf16Mixed => DType::F32,
             FloatType::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name `parse` reads and run files store (`f32`, `bf16`, `bf16-mixed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatType::F32 => "f32",
+            FloatType::Bf16 => "bf16",
+            FloatType::Bf16Mixed => "bf16-mixed",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" | "float" => Ok(FloatType::F32),
-            "bf16" | "bfloat16" => Ok(FloatType::Bf16),
+            "bf16" | "bfloat16" | "bf16-true" => Ok(FloatType::Bf16),
+            "bf16-mixed" => Ok(FloatType::Bf16Mixed),
             other => Err(Error::invalid(format!(
-                "unsupported dtype `{other}`: expected f32 or bf16 (T5 overflows in f16)"
+                "unsupported dtype `{other}`: expected f32, bf16 or bf16-mixed (T5 overflows in f16)"
             ))),
         }
     }
@@ -242,7 +259,7 @@ pub fn tensor_from_f32<const D: usize>(
     let data = TensorData::new(values, shape);
     let t = Tensor::<D>::from_data(data, (device, DType::F32));
     match dtype {
-        FloatType::F32 => t,
+        FloatType::F32 | FloatType::Bf16Mixed => t,
         FloatType::Bf16 => t.cast(DType::BF16),
     }
 }

@@ -16,6 +16,7 @@
 //! other dtypes, or after [`set_enabled`]`(false)`); tests check that the two
 //! agree to 1e-5 in values and gradients.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -31,6 +32,8 @@ use burn::backend::{
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::amx::{self, PackedB, PackedLinear};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -102,6 +105,31 @@ pub fn gated_gelu_reference(gate: Tensor<3>, linear: Tensor<3>) -> Tensor<3> {
     burn::tensor::activation::gelu_approximate(gate) * linear
 }
 
+/// `x·W` in bf16-mixed precision: `x` rounded to bf16, products summed in f32,
+/// as PyTorch's bf16 autocast computes a linear layer. `weight` is `[in, out]`,
+/// already rounded to bf16; `packed` is the same weight laid out for AMX tiles
+/// (None where the CPU has none). The backward pass rounds the incoming
+/// gradient to bf16 the same way. Gradients reach `x` only: the weight is frozen.
+pub fn bf16_linear(
+    x: Tensor<3>,
+    weight: Tensor<2>,
+    packed: Option<Arc<PackedLinear>>,
+) -> Tensor<3> {
+    if flex_f32(&x) && flex_f32(&weight) {
+        let out =
+            <Dispatch as FusedOps>::bf16_linear(x.into_dispatch(), weight.into_dispatch(), packed);
+        Tensor::from_dispatch(out)
+    } else {
+        bf16_linear_reference(x, weight)
+    }
+}
+
+/// [`bf16_linear`]'s forward pass from plain tensor operations (other backends).
+pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
+    let dtype = x.dtype();
+    burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight, None)
+}
+
 /// The fused operations, per backend. The `*_backward` methods are the
 /// backward passes the `Autodiff` implementation calls on the inner backend.
 #[backend_extension(Flex, Autodiff)]
@@ -132,6 +160,20 @@ pub trait FusedOps: Backend {
         linear: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `bf16(x)·W` with f32 sums; `x` is `[.., in]`, `weight` `[in, out]`.
+    fn bf16_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FloatTensor<Self>;
+
+    /// Gradient of [`FusedOps::bf16_linear`] with respect to `x`: `bf16(grad)·Wᵀ`.
+    fn bf16_linear_backward(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FloatTensor<Self>;
 }
 
 /// Rows per rayon task: enough work per task to pay for the scheduling.
@@ -328,6 +370,61 @@ impl FusedOps for Flex {
             });
         (flex_tensor(da, shape.clone()), flex_tensor(dl, shape))
     }
+    fn bf16_linear(
+        x: FlexTensor,
+        weight: FlexTensor,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FlexTensor {
+        bf16_product(x, weight, packed.as_ref().map(|p| &p.forward), false)
+    }
+
+    fn bf16_linear_backward(
+        grad: FlexTensor,
+        weight: FlexTensor,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FlexTensor {
+        bf16_product(grad, weight, packed.as_ref().map(|p| &p.backward), true)
+    }
+}
+
+/// `bf16(a)·W` (or `·Wᵀ` when `transposed`) over the last dimension of `a`:
+/// on AMX tiles when the weight is packed and the CPU has them, else rounded
+/// operands through burn's f32 matrix product (the same arithmetic, summed in
+/// another order).
+fn bf16_product(
+    a: FlexTensor,
+    weight: FlexTensor,
+    packed: Option<&PackedB>,
+    transposed: bool,
+) -> FlexTensor {
+    let shape = a.shape();
+    let dims = shape.as_slice();
+    let k = *dims.last().unwrap_or(&1);
+    let m = shape.num_elements() / k.max(1);
+    let values = contiguous_f32(&a);
+    let mut out_dims = dims.to_vec();
+    match packed {
+        Some(b) if amx::available() => {
+            let n = b.n();
+            let mut out = vec![0f32; m * n];
+            amx::matmul(&values, m, b, &mut out);
+            *out_dims.last_mut().unwrap() = n;
+            flex_tensor(out, Shape::from(out_dims))
+        }
+        _ => {
+            let rounded: Vec<f32> = values.par_iter().map(|&v| amx::round_bf16(v)).collect();
+            let a2 = flex_tensor(rounded, Shape::from(vec![m, k]));
+            let w = if transposed {
+                Flex::float_transpose(weight)
+            } else {
+                weight
+            };
+            let out = Flex::float_matmul(a2, w);
+            let n = out.shape().as_slice()[1];
+            *out_dims.last_mut().unwrap() = n;
+            Flex::float_reshape(out, Shape::from(out_dims))
+        }
+    }
 }
 
 /// sqrt(2/π), the scale inside `gelu_new`'s tanh.
@@ -418,6 +515,24 @@ impl<B: Backend + FusedOps> Backward<B, 2> for GatedGeluStep {
     }
 }
 
+/// The backward step of [`FusedOps::bf16_linear`] under autodiff; keeps the
+/// (frozen, shared) weight only, never the layer's input.
+#[derive(Debug)]
+struct Bf16LinearStep;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for Bf16LinearStep {
+    type State = (FloatTensor<B>, Option<Arc<PackedLinear>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node] = ops.parents;
+        let (w, packed) = ops.state;
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, B::bf16_linear_backward(grad, w, packed));
+        }
+    }
+}
+
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let prep = RmsNormStep { eps }
@@ -494,6 +609,34 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             grad.into_primitive(),
         );
         (Self::from_inner(da), Self::from_inner(dl))
+    }
+
+    fn bf16_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FloatTensor<Self> {
+        let prep = Bf16LinearStep
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.into_primitive(), weight.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::bf16_linear(x, w.clone(), packed.clone());
+                prep.finish((w, packed), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::bf16_linear(x, w, packed)),
+        }
+    }
+
+    fn bf16_linear_backward(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        packed: Option<Arc<PackedLinear>>,
+    ) -> FloatTensor<Self> {
+        let dx = B::bf16_linear_backward(grad.into_primitive(), weight.into_primitive(), packed);
+        Self::from_inner(dx)
     }
 }
 
@@ -614,6 +757,53 @@ mod tests {
                 "fused and plain gated GELU differ by {d} ({diffs:?})"
             );
         }
+    }
+
+    /// `bf16_linear` on the AMX tiles (where the CPU has them) and on the
+    /// portable path, against plain f32 products of the rounded operands:
+    /// `round(x)·W` forward, `round(dy)·Wᵀ` backward.
+    #[test]
+    fn bf16_linear_is_the_product_of_rounded_operands_in_values_and_gradients() {
+        let device = Device::flex();
+        let (b, t, d_in, d_out) = (3, 11, 96, 40);
+        let round = |x: Tensor<3>| x.cast(DType::BF16).cast(DType::F32);
+        let x = random([b, t, d_in], 1, &device);
+        let w = (random([d_in, d_out], 2, &device) / (d_in as f64).sqrt())
+            .cast(DType::BF16)
+            .cast(DType::F32);
+        let up = random([b, t, d_out], 3, &device);
+        let want_out = round(x.clone()).matmul(w.clone().unsqueeze::<3>());
+        let want_dx = round(up.clone()).matmul(w.clone().transpose().unsqueeze::<3>());
+        let w_t = crate::tensors::to_f32_vec(w.clone());
+        let packed = Arc::new(PackedLinear::from_transposed(&w_t, d_in, d_out));
+        let ad = device.clone().autodiff();
+        let mut paths = vec![("portable", None)];
+        if amx::detected() {
+            paths.push(("amx", Some(packed)));
+        } else {
+            eprintln!("no AMX on this CPU: the portable path only");
+        }
+        for (name, packed) in paths {
+            let xa = Tensor::<3>::from_data(x.to_data(), &ad).require_grad();
+            let wa = Tensor::<2>::from_data(w.to_data(), &ad);
+            let out = bf16_linear(xa.clone(), wa, packed);
+            let grads = (out.clone() * Tensor::from_data(up.to_data(), &ad))
+                .sum()
+                .backward();
+            let dx = xa.grad(&grads).unwrap();
+            let out = Tensor::<3>::from_data(out.to_data(), &device);
+            let d_out_max = max_abs_diff(out, want_out.clone());
+            let d_dx_max = max_abs_diff(dx, want_dx.clone());
+            assert!(d_out_max < 1e-5, "{name}: output differs by {d_out_max}");
+            assert!(
+                d_dx_max < 1e-5,
+                "{name}: input gradient differs by {d_dx_max}"
+            );
+        }
+        // The plain-op fallback of other backends: the same forward values.
+        let plain = bf16_linear_reference(x, w);
+        let d = max_abs_diff(plain, want_out);
+        assert!(d < 1e-5, "reference forward differs by {d}");
     }
 
     #[test]

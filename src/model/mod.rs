@@ -3,6 +3,7 @@
 //! One file per architecture (`t5.rs`), its `config.json` mirror in
 //! `config.rs`, and [`Backbone`]: the model, its tokenizer and where they came from.
 
+pub mod amx;
 pub mod batch;
 pub mod config;
 pub mod fused;

@@ -18,6 +18,9 @@ use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu};
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use std::sync::Arc;
+
+use super::amx::{self, PackedLinear};
 use super::config::{Activation, FeedForwardKind, T5Config};
 use super::fused;
 use crate::error::{Error, Result};
@@ -30,19 +33,42 @@ const MASK_VALUE: f32 = -1e30;
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor<2>,
+    /// Set in bf16-mixed precision ([`FloatType::Bf16Mixed`]): the product
+    /// rounds its input to bf16, and `weight` holds bf16 values. Inside, the
+    /// same weight packed for AMX tiles when the CPU has them.
+    bf16: Option<Option<Arc<PackedLinear>>>,
 }
 
 impl Linear {
+    /// A dense layer from its transposed weight `[in, out]`, in `dtype`'s precision.
+    pub fn new(weight: Tensor<2>, dtype: FloatType) -> Self {
+        if dtype != FloatType::Bf16Mixed {
+            return Linear { weight, bf16: None };
+        }
+        // Rounded once, so that every path multiplies the same bf16 values.
+        let weight = weight.cast(DType::BF16).cast(DType::F32);
+        let packed = (amx::detected() && weight.device().inner() == Device::flex()).then(|| {
+            let [d_in, d_out] = weight.dims();
+            let values = crate::tensors::to_f32_vec(weight.clone());
+            Arc::new(PackedLinear::from_transposed(&values, d_in, d_out))
+        });
+        Linear {
+            weight,
+            bf16: Some(packed),
+        }
+    }
+
     fn load(w: &WeightFile, name: &str, d_in: usize, d_out: usize, ctx: &Ctx) -> Result<Self> {
         // PyTorch stores nn.Linear weights as [out, in].
         let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
-        Ok(Linear {
-            weight: t.transpose(),
-        })
+        Ok(Linear::new(t.transpose(), ctx.dtype))
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(x, self.weight.clone(), None)
+        match &self.bf16 {
+            Some(packed) => fused::bf16_linear(x, self.weight.clone(), packed.clone()),
+            None => linear(x, self.weight.clone(), None),
+        }
     }
 }
 

@@ -1,0 +1,437 @@
+//! bf16 matrix products on Intel AMX tiles, with f32 accumulation.
+//!
+//! Why: a frozen weight never changes, so it can be converted to bf16 and laid
+//! out for the hardware once, at load. On CPUs with AMX (Sapphire Rapids and
+//! later) one `tdpbf16ps` instruction multiplies a 16×32 bf16 tile by a 32×16
+//! one into 16×16 f32 accumulators: many times the f32 throughput of AVX-512
+//! FMAs. The activations are rounded to bf16 as they enter a product and the
+//! sums stay in f32 — what PyTorch's bf16 autocast does for a linear layer.
+//!
+//! [`PackedB`] holds the right-hand matrix of `A·B` in the tile layout
+//! (pairs of rows interleaved, the "VNNI" layout the instruction reads);
+//! [`matmul`] multiplies a row-major f32 `A` by it. The instructions are
+//! written as inline assembly (stable Rust has no AMX intrinsics) and used
+//! only after [`available`] has checked the CPU and asked Linux for
+//! permission to use the tile registers.
+
+use std::arch::asm;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of a tile, and f32 columns of an accumulator tile.
+const TILE_ROWS: usize = 16;
+/// bf16 elements in one tile row (64 bytes): the `k` depth of one tile product.
+const TILE_K: usize = 32;
+/// Rows and columns of the output block one task computes (2×2 accumulator tiles).
+const BLOCK: usize = 32;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the AMX kernels are used: the CPU has them and they are not
+/// turned off ([`set_enabled`], or `EPT_NO_AMX=1` in the environment).
+pub fn available() -> bool {
+    ENABLED.load(Ordering::Relaxed) && detected()
+}
+
+/// Turns the AMX kernels off (or back on) for the whole process; off, the
+/// bf16 products take the portable path with the same rounding. For
+/// benchmarks and for checking one path against the other.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether this CPU and kernel let the process use AMX bf16 tiles.
+///
+/// Checks CPUID (leaf 7: AMX-TILE and AMX-BF16) and asks Linux for the tile
+/// data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
+pub fn detected() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        if std::env::var_os("EPT_NO_AMX").is_some_and(|v| v != "0") {
+            return false;
+        }
+        detect()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+    let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+    let amx_tile = leaf7.edx & (1 << 24) != 0;
+    if !(amx_bf16 && amx_tile) {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments; it grants the
+    // permission to the whole process or fails.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Rounds to the nearest bf16 (ties to even), as PyTorch's `.to(torch.bfloat16)`.
+pub fn to_bf16(x: f32) -> u16 {
+    bf16::from_f32(x).to_bits()
+}
+
+/// `x` rounded to the nearest bf16, widened back to f32.
+pub fn round_bf16(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+/// The right-hand matrix `B` (`k × n`) of `A·B`, in bf16, in AMX tile order.
+///
+/// Blocks of 32 (`k`) × 16 (`n`) are stored one after another, 16 columns at a
+/// time over the whole depth; inside a block, row `r` holds the pairs
+/// `B[2r][c], B[2r+1][c]` for the 16 columns `c`. `k` and `n` are padded with
+/// zeros to multiples of 32.
+#[derive(Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    k_pad: usize,
+    n_pad: usize,
+    data: Vec<u16>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB({}×{}, bf16)", self.k, self.n)
+    }
+}
+
+impl PackedB {
+    /// Packs `B[i][j] = value(i, j)` for `i < k`, `j < n`, rounded to bf16.
+    pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let (k_pad, n_pad) = (k.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK);
+        let k_blocks = k_pad / TILE_K;
+        let block_len = TILE_ROWS * TILE_K;
+        let mut data = vec![0u16; k_pad * n_pad];
+        // One chunk per 16 columns: all its k blocks.
+        data.par_chunks_mut(k_blocks * block_len)
+            .enumerate()
+            .for_each(|(nb, chunk)| {
+                for (idx, slot) in chunk.iter_mut().enumerate() {
+                    let (kb, within) = (idx / block_len, idx % block_len);
+                    let (r, col) = (within / TILE_K, within % TILE_K);
+                    let (i, j) = (kb * TILE_K + 2 * r + col % 2, nb * TILE_ROWS + col / 2);
+                    if i < k && j < n {
+                        *slot = to_bf16(value(i, j));
+                    }
+                }
+            });
+        PackedB {
+            k,
+            n,
+            k_pad,
+            n_pad,
+            data,
+        }
+    }
+
+    /// Rows of `B`: the depth of the product.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of `B`: the width of the result.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// `B[i][j]` as stored (the bf16 value, widened to f32).
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        let (kb, r, pair) = (i / TILE_K, (i % TILE_K) / 2, i % 2);
+        let (nb, c) = (j / TILE_ROWS, j % TILE_ROWS);
+        let block = (nb * (self.k_pad / TILE_K) + kb) * TILE_ROWS * TILE_K;
+        bf16::from_bits(self.data[block + r * TILE_K + 2 * c + pair]).to_f32()
+    }
+
+    /// Offset of the block holding rows `kb·32..` and columns `nb·16..`.
+    fn block(&self, nb: usize, kb: usize) -> usize {
+        (nb * (self.k_pad / TILE_K) + kb) * TILE_ROWS * TILE_K
+    }
+}
+
+/// A frozen dense layer's weight packed for both directions of training:
+/// `y = x·Wᵀ` forward and `dx = dy·W` backward (`W` as PyTorch stores it, `[out, in]`).
+#[derive(Debug)]
+pub struct PackedLinear {
+    /// `Wᵀ` (`in × out`).
+    pub forward: PackedB,
+    /// `W` (`out × in`).
+    pub backward: PackedB,
+}
+
+impl PackedLinear {
+    /// Packs a weight held `[in, out]` (row-major `w_t`, the transpose of PyTorch's layout).
+    pub fn from_transposed(w_t: &[f32], d_in: usize, d_out: usize) -> Self {
+        assert_eq!(w_t.len(), d_in * d_out, "weight is not in × out");
+        PackedLinear {
+            forward: PackedB::from_fn(d_in, d_out, |i, j| w_t[i * d_out + j]),
+            backward: PackedB::from_fn(d_out, d_in, |i, j| w_t[j * d_out + i]),
+        }
+    }
+}
+
+/// `A·B` for a row-major f32 `A` (`m × k`), into `out` (`m × n`, row-major).
+///
+/// `A` is rounded to bf16; products are summed in f32. Panics if the shapes
+/// disagree or the CPU has no AMX ([`detected`]; callers check [`available`]).
+pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
+    let (k, n) = (b.k, b.n);
+    assert_eq!(a.len(), m * k, "A is not m × k");
+    assert_eq!(out.len(), m * n, "out is not m × n");
+    assert!(detected(), "AMX is not available");
+    let m_pad = m.div_ceil(BLOCK) * BLOCK;
+    // A in bf16, rows padded to k_pad columns and to a multiple of 32 rows.
+    let mut a16 = vec![0u16; m_pad * b.k_pad];
+    a16.par_chunks_mut(b.k_pad)
+        .zip(a.par_chunks(k))
+        .for_each(|(dst, src)| round_row(src, dst));
+    // Tasks are (rows, columns) rectangles of the result, small enough that
+    // their share of A and of B (256 × k bf16 each) stays in the core's L2
+    // while every 32 × 32 block of the rectangle is computed.
+    let row_chunks = m.div_ceil(ROW_CHUNK);
+    let col_chunks = b.n_pad.div_ceil(COL_CHUNK);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..row_chunks * col_chunks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (rc, cc) = (task / col_chunks, task % col_chunks);
+            let rows = rc * ROW_CHUNK..(m.min((rc + 1) * ROW_CHUNK));
+            let cols = cc * COL_CHUNK..(b.n_pad.min((cc + 1) * COL_CHUNK));
+            // SAFETY: `detected()` holds; every tile load reads inside `a16`
+            // (rows padded to 32, stride k_pad) or a whole block of `b.data`; the
+            // tasks write disjoint rectangles of `out`, each element once.
+            unsafe { rectangle(&a16, b, rows, cols, &out_ptr) }
+        });
+}
+
+/// The result's base pointer, shared by tasks that write disjoint parts of it.
+struct SendPtr(*mut f32);
+// SAFETY: see `matmul`: tasks never write the same element.
+unsafe impl Sync for SendPtr {}
+
+/// Rows of `A` per task.
+const ROW_CHUNK: usize = 256;
+/// Columns of `B` per task.
+const COL_CHUNK: usize = 256;
+
+/// One row of `A` to bf16: [`to_bf16`] written without branches, so that
+/// the compiler vectorises it.
+fn round_row(src: &[f32], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        let bits = s.to_bits();
+        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+        *d = if s.is_nan() { 0x7fc0 } else { rounded };
+    }
+}
+
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+/// Every tile 16 rows × 64 bytes: tmm0–3 accumulators, tmm4–5 A, tmm6–7 B.
+fn tile_config() -> TileConfig {
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1; // palette 1
+    for t in 0..8 {
+        cfg[16 + 2 * t] = 64; // bytes per row
+        cfg[48 + t] = TILE_ROWS as u8;
+    }
+    TileConfig(cfg)
+}
+
+/// `out[rows, cols] = A[rows]·B[:, cols]`, 32 × 32 at a time: 2 × 2
+/// accumulator tiles over the whole depth, then stored and copied out (the
+/// part inside `m × n`).
+#[inline(never)]
+unsafe fn rectangle(
+    a16: &[u16],
+    b: &PackedB,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: &SendPtr,
+) {
+    let n = b.n;
+    let k_blocks = b.k_pad / TILE_K;
+    let a_stride = b.k_pad * 2;
+    let b_stride = TILE_K * 2;
+    let mut c = [0f32; BLOCK * BLOCK];
+    let cfg = tile_config();
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
+        for row0 in rows.clone().step_by(BLOCK) {
+            let a_block = a16.as_ptr().add(row0 * b.k_pad);
+            let valid_rows = BLOCK.min(rows.end - row0);
+            for col0 in cols.clone().step_by(BLOCK) {
+                let nb = col0 / TILE_ROWS;
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for kb in 0..k_blocks {
+                    let a0 = a_block.add(kb * TILE_K);
+                    let a1 = a0.add(TILE_ROWS * b.k_pad);
+                    let b0 = b.data.as_ptr().add(b.block(nb, kb));
+                    let b1 = b.data.as_ptr().add(b.block(nb + 1, kb));
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0,
+                        a1 = in(reg) a1,
+                        b0 = in(reg) b0,
+                        b1 = in(reg) b1,
+                        sa = in(reg) a_stride,
+                        sb = in(reg) b_stride,
+                        options(nostack, readonly)
+                    );
+                }
+                let cp = c.as_mut_ptr();
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) cp,
+                    c1 = in(reg) cp.add(TILE_ROWS),
+                    c2 = in(reg) cp.add(TILE_ROWS * BLOCK),
+                    c3 = in(reg) cp.add(TILE_ROWS * BLOCK + TILE_ROWS),
+                    s = in(reg) BLOCK * 4,
+                    options(nostack)
+                );
+                let valid_cols = BLOCK.min(n.saturating_sub(col0));
+                for r in 0..valid_rows {
+                    std::ptr::copy_nonoverlapping(
+                        cp.add(r * BLOCK),
+                        out.0.add((row0 + r) * n + col0),
+                        valid_cols,
+                    );
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// [`matmul`]'s arithmetic without AMX: `A` rounded to bf16, products of the
+/// stored bf16 `B` summed in f32 (in another order). The reference of the tests.
+pub fn matmul_reference(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
+    let (k, n) = (b.k, b.n);
+    let bt: Vec<f32> = (0..n * k).map(|idx| b.get(idx % k, idx / k)).collect();
+    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        let a_row: Vec<f32> = a[i * k..(i + 1) * k]
+            .iter()
+            .map(|&v| bf16::from_bits(to_bf16(v)).to_f32())
+            .collect();
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = a_row
+                .iter()
+                .zip(&bt[j * k..(j + 1) * k])
+                .map(|(x, y)| x * y)
+                .sum();
+        }
+    });
+    debug_assert_eq!(out.len(), m * n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.normal() as f32).collect()
+    }
+
+    #[test]
+    fn packing_keeps_every_element_rounded_to_bf16() {
+        let (k, n) = (37, 21);
+        let w = random(k * n, 1);
+        let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
+        for i in 0..k {
+            for j in 0..n {
+                let want = bf16::from_f32(w[i * n + j]).to_f32();
+                assert_eq!(b.get(i, j), want, "B[{i}][{j}]");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vectorised_rounding_is_half_s() {
+        let mut values = random(4096, 4);
+        values.iter_mut().step_by(3).for_each(|v| *v *= 1e30);
+        values.extend([
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE / 3.0,
+            1.0 + f32::EPSILON * 64.0, // a tie: rounds to even
+            1.0 + f32::EPSILON * 192.0,
+        ]);
+        let mut got = vec![0u16; values.len()];
+        round_row(&values, &mut got);
+        for (v, g) in values.iter().zip(&got) {
+            assert_eq!(*g, to_bf16(*v), "{v:e}");
+        }
+        let mut nan = [0u16];
+        round_row(&[f32::NAN], &mut nan);
+        assert!(bf16::from_bits(nan[0]).is_nan());
+    }
+
+    #[test]
+    fn amx_matmul_matches_the_bf16_reference() {
+        if !detected() {
+            eprintln!("skipped: this CPU has no AMX (the portable path is tested elsewhere)");
+            return;
+        }
+        // Ragged shapes: every padding path (m, k, n not multiples of 32).
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (33, 70, 45),
+            (64, 512, 96),
+            (100, 200, 300),
+            (300, 64, 40),
+        ] {
+            let a = random(m * k, 2);
+            let w = random(k * n, 3);
+            let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
+            let (mut got, mut want) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+            matmul(&a, m, &b, &mut got);
+            matmul_reference(&a, m, &b, &mut want);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                // Same products, summed in another order.
+                let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+                assert!((g - w).abs() <= tol, "{m}×{k}×{n} [{idx}]: {g} vs {w}");
+            }
+        }
+    }
+}
