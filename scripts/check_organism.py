@@ -10,7 +10,10 @@ transformers (`T5ForConditionalGeneration`, float32, eval mode) and the tokenize
 `PreTrainedTokenizerFast(tokenizer_file=...)`, and computes the token-weighted mean cross-entropy
 over every target token including `</s>` (padding excluded). It runs `ept eval --model
 assets/organism --task TASK --split validation --json` and compares the two losses: relative
-tolerance --tol (1e-4). With --write, the transformers losses go to
+tolerance --tol (1e-4). It does the same in bf16 mixed precision: transformers under
+`torch.autocast("cpu", dtype=torch.bfloat16)` against `ept eval --dtype bf16-mixed`, relative
+tolerance --tol-bf16 (5e-3: autocast also rounds the attention products, the head and every
+product's output to bf16, ept only the dense layers' inputs). With --write, the transformers losses go to
 tests/fixtures/organism/transformers_losses.json, which `cargo test` (tests/suite/organism_model.rs)
 checks ept against without Python.
 """
@@ -41,16 +44,17 @@ def rows(ept: str, task: str) -> list[dict]:
 
 
 @torch.no_grad()
-def transformers_loss(model, tok, examples: list[dict]) -> tuple[float, int]:
+def transformers_loss(model, tok, examples: list[dict], bf16_mixed=False) -> tuple[float, int]:
     total, tokens = 0.0, 0
     for i in range(0, len(examples), 32):
         chunk = examples[i : i + 32]
         enc = tok([e["source"] for e in chunk], return_tensors="pt", padding=True)
         lab = tok([e["target"] for e in chunk], return_tensors="pt", padding=True)
         labels = lab.input_ids.masked_fill(lab.attention_mask == 0, -100)
-        logits = model(
-            input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels
-        ).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_mixed):
+            logits = model(
+                input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels
+            ).logits
         ce = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).double(),
             labels.reshape(-1),
@@ -66,6 +70,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ept", default=str(ROOT / "target" / "debug" / "ept"))
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--tol-bf16", type=float, default=5e-3)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--model", default=str(ORGANISM), help="another organism folder (no --write)")
     args = ap.parse_args()
@@ -92,7 +97,21 @@ def main() -> int:
         failed |= not ok
         print(f"{task:9} transformers {ref:.6f}  ept {got['loss']:.6f}  tokens {tokens}/{got['tokens']}"
               f"  relative difference {rel:.1e}  {'ok' if ok else 'MISMATCH'}")
-        fixture[task] = {"split": "validation", "loss": ref, "tokens": tokens, "examples": len(examples)}
+        ref16, _ = transformers_loss(model, tok, examples, bf16_mixed=True)
+        got16 = json.loads(
+            subprocess.run(
+                [args.ept, "eval", "--model", str(organism), "--task", task,
+                 "--split", "validation", "--dtype", "bf16-mixed", "--json"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        )
+        rel16 = abs(got16["loss"] - ref16) / abs(ref16)
+        ok16 = rel16 <= args.tol_bf16
+        failed |= not ok16
+        print(f"{'':9} bf16-mixed: transformers (autocast) {ref16:.6f}  ept {got16['loss']:.6f}"
+              f"  relative difference {rel16:.1e}  {'ok' if ok16 else 'MISMATCH'}")
+        fixture[task] = {"split": "validation", "loss": ref, "tokens": tokens, "examples": len(examples),
+                         "bf16_mixed_loss": ref16}
     if args.write:
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
         meta = {"transformers": __import__("transformers").__version__, "torch": torch.__version__}

@@ -189,15 +189,16 @@ impl PackedLinear {
     }
 }
 
-/// `A·B` for a row-major f32 `A` (`m × k`), into `out` (`m × n`, row-major).
+/// `A·B` for a row-major f32 `A` (`m × k`): the row-major `m × n` result.
 ///
 /// `A` is rounded to bf16; products are summed in f32. Panics if the shapes
 /// disagree or the CPU has no AMX ([`detected`]; callers check [`available`]).
-pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
+pub fn matmul(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     assert_eq!(a.len(), m * k, "A is not m × k");
-    assert_eq!(out.len(), m * n, "out is not m × n");
     assert!(detected(), "AMX is not available");
+    // Every element is written once below: no zero fill first.
+    let mut out = Vec::<f32>::with_capacity(m * n);
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
     // A in bf16, rows padded to k_pad columns and to a multiple of 32 rows.
     let mut a16 = vec![0u16; m_pad * b.k_pad];
@@ -221,6 +222,9 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
             // tasks write disjoint rectangles of `out`, each element once.
             unsafe { rectangle(&a16, b, rows, cols, &out_ptr) }
         });
+    // SAFETY: the tasks above wrote all m × n elements.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// The result's base pointer, shared by tasks that write disjoint parts of it.
@@ -424,8 +428,8 @@ mod tests {
             let a = random(m * k, 2);
             let w = random(k * n, 3);
             let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
-            let (mut got, mut want) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
-            matmul(&a, m, &b, &mut got);
+            let got = matmul(&a, m, &b);
+            let mut want = vec![0f32; m * n];
             matmul_reference(&a, m, &b, &mut want);
             for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                 // Same products, summed in another order.

@@ -405,10 +405,8 @@ fn bf16_product(
     let mut out_dims = dims.to_vec();
     match packed {
         Some(b) if amx::available() => {
-            let n = b.n();
-            let mut out = vec![0f32; m * n];
-            amx::matmul(&values, m, b, &mut out);
-            *out_dims.last_mut().unwrap() = n;
+            let out = amx::matmul(&values, m, b);
+            *out_dims.last_mut().unwrap() = b.n();
             flex_tensor(out, Shape::from(out_dims))
         }
         _ => {

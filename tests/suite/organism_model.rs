@@ -7,7 +7,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{ept, temp_dir};
 use ept::train::pretrain::PretrainConfig;
@@ -78,6 +78,43 @@ fn transformers_computes_the_same_losses_on_the_organism() {
     }
 }
 
+/// bf16 mixed precision (`--dtype bf16-mixed`) against transformers under
+/// `torch.autocast("cpu", dtype=torch.bfloat16)` (fixture by
+/// scripts/check_organism.py). Autocast rounds more than ept does (every
+/// product's inputs and outputs), so the tolerance is 5e-3 relative; the
+/// losses must also differ from f32's, or nothing was rounded. Run on the
+/// AMX tiles where this CPU has them, and on the portable path.
+#[test]
+fn bf16_mixed_precision_is_close_to_torch_autocast() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/organism/transformers_losses.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for (task, want) in fixture["losses"].as_object().unwrap() {
+        let autocast = want["bf16_mixed_loss"].as_f64().unwrap();
+        let f32_loss = want["loss"].as_f64().unwrap();
+        for no_amx in ["0", "1"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_ept"))
+                .args(["eval", "--task", task, "--split", "validation"])
+                .args(["--model", "organism", "--dtype", "bf16-mixed", "--json"])
+                .env("EPT_NO_AMX", no_amx)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let got = stdout_json(&out)["loss"].as_f64().unwrap();
+            assert!(
+                (got - autocast).abs() <= 5e-3 * autocast,
+                "{task} (EPT_NO_AMX={no_amx}): ept {got} vs autocast {autocast}"
+            );
+            assert!(
+                (got - f32_loss).abs() > 1e-5 * f32_loss,
+                "{task} (EPT_NO_AMX={no_amx}): {got} is f32's loss: nothing was rounded"
+            );
+        }
+    }
+}
+
 #[test]
 fn pretraining_is_deterministic_in_its_seed() {
     let dir = temp_dir("pretrain");
@@ -125,22 +162,34 @@ fn every_word_of_the_language_is_one_piece_of_the_organism_tokenizer() {
 /// Trains `method` on toy-sst2 with the README's settings (examples/toy-sst2.toml)
 /// and returns the validation and test accuracy.
 fn toy_sst2_accuracy(method: &str, runs: &Path) -> (f64, f64) {
+    toy_sst2_accuracy_in(method, "f32", runs)
+}
+
+fn toy_sst2_accuracy_in(method: &str, dtype: &str, runs: &Path) -> (f64, f64) {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/toy-sst2.toml");
+    let name = format!("{method}-{dtype}");
     let o = ept(&[
         "train",
         "--config",
         config.to_str().unwrap(),
         "--method",
         method,
+        "--dtype",
+        dtype,
         "--runs-dir",
         runs.to_str().unwrap(),
         "--name",
-        method,
+        &name,
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run_toml = std::fs::read_to_string(runs.join(&name).join("run.toml")).unwrap();
+    assert!(
+        run_toml.contains(&format!("dtype = \"{dtype}\"")),
+        "{run_toml}"
+    );
     let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(runs.join(method).join("results.json")).unwrap(),
+        &std::fs::read_to_string(runs.join(&name).join("results.json")).unwrap(),
     )
     .unwrap();
     let accuracy = |split: &str| results[split]["metrics"]["accuracy"].as_f64().unwrap();
@@ -163,4 +212,17 @@ fn prompt_tuning_on_the_organism_beats_the_majority_class() {
             "{method}: validation {validation}, test {test} (majority class 50)"
         );
     }
+}
+
+/// The same learning test for EPT with the frozen model in bf16 mixed
+/// precision (dense layers on AMX tiles where the CPU has them): the prompt
+/// and its optimizer stay in f32 and still learn.
+#[test]
+fn ept_learns_on_the_organism_in_bf16_mixed_precision() {
+    let runs = temp_dir("learning-bf16");
+    let (validation, test) = toy_sst2_accuracy_in("ept", "bf16-mixed", &runs);
+    assert!(
+        validation >= MARGIN_OVER_MAJORITY + 50.0 && test >= MARGIN_OVER_MAJORITY + 50.0,
+        "ept bf16-mixed: validation {validation}, test {test} (majority class 50)"
+    );
 }
