@@ -30,7 +30,7 @@ use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::amx::{self, PackedB, PackedLinear};
@@ -115,7 +115,8 @@ pub fn bf16_linear(
     weight: Tensor<2>,
     packed: Option<Arc<PackedLinear>>,
 ) -> Tensor<3> {
-    if flex_f32(&x) && flex_f32(&weight) {
+    let on_flex = weight.device().inner() == Device::flex();
+    if flex_f32(&x) && on_flex && matches!(weight.dtype(), DType::F32 | DType::BF16) {
         let out =
             <Dispatch as FusedOps>::bf16_linear(x.into_dispatch(), weight.into_dispatch(), packed);
         Tensor::from_dispatch(out)
@@ -127,7 +128,7 @@ pub fn bf16_linear(
 /// [`bf16_linear`]'s forward pass from plain tensor operations (other backends).
 pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     let dtype = x.dtype();
-    burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight, None)
+    burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight.cast(dtype), None)
 }
 
 /// The fused operations, per backend. The `*_backward` methods are the
@@ -412,6 +413,8 @@ fn bf16_product(
         _ => {
             let rounded: Vec<f32> = values.par_iter().map(|&v| amx::round_bf16(v)).collect();
             let a2 = flex_tensor(rounded, Shape::from(vec![m, k]));
+            // A bf16 weight (kept beside its AMX copy) is exact in f32.
+            let weight = Flex::float_cast(weight, FloatDType::F32);
             let w = if transposed {
                 Flex::float_transpose(weight)
             } else {

@@ -46,12 +46,19 @@ impl Linear {
             return Linear { weight, bf16: None };
         }
         // Rounded once, so that every path multiplies the same bf16 values.
-        let weight = weight.cast(DType::BF16).cast(DType::F32);
+        let weight = weight.cast(DType::BF16);
         let packed = (amx::detected() && weight.device().inner() == Device::flex()).then(|| {
             let [d_in, d_out] = weight.dims();
             let values = crate::tensors::to_f32_vec(weight.clone());
             Arc::new(PackedLinear::from_transposed(&values, d_in, d_out))
         });
+        // With the AMX copy, the tensor stays in bf16 (exact: it holds bf16
+        // values) and is read only if AMX is turned off: half the memory of
+        // an f32 copy. Without it, the portable path multiplies it in f32.
+        let weight = match packed {
+            Some(_) => weight,
+            None => weight.cast(DType::F32),
+        };
         Linear {
             weight,
             bf16: Some(packed),
@@ -691,8 +698,10 @@ impl T5 {
     }
 
     /// The same list as [`T5::weights`], mutable: full-parameter training
-    /// (`ept pretrain`) replaces the tensors after each update. A tied head
-    /// is not listed; call [`T5::retie`] after changing `shared`.
+    /// (`ept pretrain`, always f32) replaces the tensors after each update. A
+    /// tied head is not listed; call [`T5::retie`] after changing `shared`.
+    /// In bf16-mixed precision the dense layers' AMX copies are made at load
+    /// and not refreshed: such a model is for frozen use only.
     pub fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)> {
         named_weights!(self, WeightMut::D1, WeightMut::D2, mut)
     }

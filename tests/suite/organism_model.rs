@@ -101,7 +101,11 @@ fn bf16_mixed_precision_is_close_to_torch_autocast() {
                 .env("RUST_LOG", "warn")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let got = stdout_json(&out)["loss"].as_f64().unwrap();
             assert!(
                 (got - autocast).abs() <= 5e-3 * autocast,
