@@ -115,6 +115,12 @@ pub fn bf16_linear(
     weight: Tensor<2>,
     packed: Option<Arc<PackedLinear>>,
 ) -> Tensor<3> {
+    // The backward pass computes no weight gradient: a trainable weight
+    // (full-parameter training) must not come here.
+    assert!(
+        !weight.is_require_grad(),
+        "bf16_linear: the weight is frozen in bf16-mixed precision"
+    );
     let on_flex = weight.device().inner() == Device::flex();
     if flex_f32(&x) && on_flex && matches!(weight.dtype(), DType::F32 | DType::BF16) {
         let out =
