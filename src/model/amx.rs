@@ -144,18 +144,14 @@ impl PackedB {
         }
     }
 
-    /// Rows of `B`: the depth of the product.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Columns of `B`: the width of the result.
     pub fn n(&self) -> usize {
         self.n
     }
 
     /// `B[i][j]` as stored (the bf16 value, widened to f32).
-    pub fn get(&self, i: usize, j: usize) -> f32 {
+    #[cfg(test)]
+    fn get(&self, i: usize, j: usize) -> f32 {
         let (kb, r, pair) = (i / TILE_K, (i % TILE_K) / 2, i % 2);
         let (nb, c) = (j / TILE_ROWS, j % TILE_ROWS);
         let block = (nb * (self.k_pad / TILE_K) + kb) * TILE_ROWS * TILE_K;
@@ -342,31 +338,31 @@ unsafe fn rectangle(
     }
 }
 
-/// [`matmul`]'s arithmetic without AMX: `A` rounded to bf16, products of the
-/// stored bf16 `B` summed in f32 (in another order). The reference of the tests.
-pub fn matmul_reference(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
-    let (k, n) = (b.k, b.n);
-    let bt: Vec<f32> = (0..n * k).map(|idx| b.get(idx % k, idx / k)).collect();
-    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        let a_row: Vec<f32> = a[i * k..(i + 1) * k]
-            .iter()
-            .map(|&v| bf16::from_bits(to_bf16(v)).to_f32())
-            .collect();
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = a_row
-                .iter()
-                .zip(&bt[j * k..(j + 1) * k])
-                .map(|(x, y)| x * y)
-                .sum();
-        }
-    });
-    debug_assert_eq!(out.len(), m * n);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// [`matmul`]'s arithmetic without AMX: `A` rounded to bf16, products of the
+    /// stored bf16 `B` summed in f32 (in another order). The reference of the tests.
+    fn matmul_reference(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
+        let (k, n) = (b.k, b.n);
+        let bt: Vec<f32> = (0..n * k).map(|idx| b.get(idx % k, idx / k)).collect();
+        out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            let a_row: Vec<f32> = a[i * k..(i + 1) * k]
+                .iter()
+                .map(|&v| bf16::from_bits(to_bf16(v)).to_f32())
+                .collect();
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = a_row
+                    .iter()
+                    .zip(&bt[j * k..(j + 1) * k])
+                    .map(|(x, y)| x * y)
+                    .sum();
+            }
+        });
+        debug_assert_eq!(out.len(), m * n);
+    }
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);

@@ -39,9 +39,15 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// Runs the `ept` binary with `args`, progress lines off (`RUST_LOG=warn`).
 pub fn ept(args: &[&str]) -> std::process::Output {
+    ept_env(args, &[])
+}
+
+/// [`ept`] with extra environment variables (`EPT_NO_AMX`, ...).
+pub fn ept_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ept"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }

@@ -7,13 +7,20 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{ept, temp_dir};
+use common::{ept, ept_env, temp_dir};
 use ept::train::pretrain::PretrainConfig;
 
 fn organism() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/organism")
+}
+
+/// The losses transformers computes on the organism (scripts/check_organism.py).
+fn transformers_fixture() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/organism/transformers_losses.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn stdout_json(out: &Output) -> serde_json::Value {
@@ -49,10 +56,7 @@ fn the_shipped_organism_is_small_and_made_by_the_documented_recipe() {
 
 #[test]
 fn transformers_computes_the_same_losses_on_the_organism() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/organism/transformers_losses.json");
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fixture = transformers_fixture();
     let losses = fixture["losses"].as_object().unwrap();
     assert_eq!(losses.len(), 4);
     for (task, want) in losses {
@@ -86,25 +90,25 @@ fn transformers_computes_the_same_losses_on_the_organism() {
 /// AMX tiles where this CPU has them, and on the portable path.
 #[test]
 fn bf16_mixed_precision_is_close_to_torch_autocast() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/organism/transformers_losses.json");
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fixture = transformers_fixture();
     for (task, want) in fixture["losses"].as_object().unwrap() {
         let autocast = want["bf16_mixed_loss"].as_f64().unwrap();
         let f32_loss = want["loss"].as_f64().unwrap();
         for no_amx in ["0", "1"] {
-            let out = Command::new(env!("CARGO_BIN_EXE_ept"))
-                .args(["eval", "--task", task, "--split", "validation"])
-                .args(["--model", "organism", "--dtype", "bf16-mixed", "--json"])
-                .env("EPT_NO_AMX", no_amx)
-                .env("RUST_LOG", "warn")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = ept_env(
+                &[
+                    "eval",
+                    "--task",
+                    task,
+                    "--split",
+                    "validation",
+                    "--model",
+                    "organism",
+                    "--dtype",
+                    "bf16-mixed",
+                    "--json",
+                ],
+                &[("EPT_NO_AMX", no_amx)],
             );
             let got = stdout_json(&out)["loss"].as_f64().unwrap();
             assert!(
