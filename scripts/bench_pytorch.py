@@ -84,7 +84,12 @@ def parse_args(argv=None):
                    help="bf16-mixed: the step under torch.autocast('cpu', dtype=torch.bfloat16)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--task-dir", help="task level: replay `ept bench --task ... --export DIR`")
-    p.add_argument("--pad-to", type=int, default=256, help="task level: pad every input to this length")
+    p.add_argument("--pad-to", type=int, default=256,
+                   help="task level: pad every input to this length (0: length-sorted batches)")
+    p.add_argument("--eval", choices=["generate", "rank"],
+                   help="task level: score the examples once instead of training an epoch")
+    p.add_argument("--max-new-tokens", type=int, default=20,
+                   help="task level, --eval generate: the most tokens generated per example")
     return p.parse_args(argv)
 
 
@@ -98,24 +103,34 @@ def make_autocast(torch, dtype):
     return contextlib.nullcontext
 
 
-def run_task(args) -> int:
-    """One epoch of the exported workload, DePT's way (see the module docs)."""
-    start_rss = proc_status_mib("VmRSS:")
+def collate(torch, rows, pad_to):
+    """Input ids and mask padded to max(pad_to, longest input); labels padded with -100."""
+    width = max(pad_to, max(len(r["input_ids"]) for r in rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    t = max(len(r["label_ids"]) for r in rows)
+    labels = torch.full((len(rows), t), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+        labels[i, : len(r["label_ids"])] = torch.tensor(r["label_ids"])
+    return ids, mask, labels
+
+
+def load_task(args):
+    """The exported workload (see `ept bench --task ... --export`): its settings, the
+    random model under PEFT prompt tuning with ept's initial prompt copied in, and the
+    prompt's parameter."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
-    import transformers
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from safetensors.torch import load_file
     from transformers import T5ForConditionalGeneration
 
     torch.set_num_threads(args.threads)
     work = json.load(open(os.path.join(args.task_dir, "workload.json")))
-    st = work["settings"]["step"]
-    if st["method"] != "pt":
+    if work["settings"]["step"]["method"] != "pt":
         sys.exit("bench_pytorch: the task level replays PT only (PEFT's prompt tuning)")
-    examples = work["examples"]
-    batch = st["batch"]
-    lr = work["settings"]["lr"]
     model = T5ForConditionalGeneration.from_pretrained(
         os.path.join(args.task_dir, "model"), dtype=torch.float32, attn_implementation=args.attn)
     model.eval()
@@ -131,27 +146,108 @@ def run_task(args) -> int:
         emb.copy_(prompt)
     params = [p for p in pmodel.parameters() if p.requires_grad]
     assert len(params) == 1 and params[0] is emb, [tuple(p.shape) for p in params]
-    # transformers' AdamW is gone in 5.x; torch's with Hugging Face's old eps.
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
-    autocast = make_autocast(torch, args.dtype)
+    return torch, work, model, pmodel, emb
 
-    def collate(rows, pad_to):
-        width = max(pad_to, max(len(r["input_ids"]) for r in rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        t = max(len(r["label_ids"]) for r in rows)
-        labels = torch.full((len(rows), t), -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-            labels[i, : len(r["label_ids"])] = torch.tensor(r["label_ids"])
-        return ids, mask, labels
+
+def run_eval(args) -> int:
+    """Scores the exported examples once (`--eval generate|rank`, see the module docs)."""
+    start_rss = proc_status_mib("VmRSS:")
+    torch, work, model, pmodel, emb = load_task(args)
+    import transformers
+    examples = work["examples"]
+    batch = work["settings"]["step"]["batch"]
+    autocast = make_autocast(torch, args.dtype)
+    eos = model.config.eos_token_id
+    if args.pad_to > 0:
+        # DePT: data order, every input padded to the same length.
+        batches = [list(range(i, min(i + batch, len(examples)))) for i in range(0, len(examples), batch)]
+    else:
+        # ept's batches: sorted by input length (stable), each padded to its longest.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+    n_prompt = emb.shape[0]
+    predictions = [None] * len(examples)
+    padded, generated = 0, 0
+    t0 = time.perf_counter()
+    with torch.no_grad(), autocast():
+        for idx in batches:
+            rows = [{"input_ids": examples[i]["input_ids"], "label_ids": [eos]} for i in idx]
+            ids, mask, _ = collate(torch, rows, args.pad_to)
+            padded += ids.numel()
+            if args.eval == "generate":
+                # DePT's evaluation (src/trainer.py): PEFT's generate, greedy, one beam.
+                out = pmodel.generate(input_ids=ids, attention_mask=mask,
+                                      max_new_tokens=args.max_new_tokens, do_sample=False,
+                                      num_beams=1)
+                for k, i in enumerate(idx):
+                    seq = []
+                    for tok in out[k, 1:].tolist():  # past the decoder start
+                        seq.append(tok)
+                        if tok == eos:
+                            break
+                    predictions[i] = seq
+                    generated += len(seq)
+            else:
+                # Label ranking with one encoder pass per batch, as ept does it: PEFT's
+                # prompt prepended by hand (what PeftModelForSeq2SeqLM.forward does), then
+                # one teacher-forced decoder pass per option on the cached encoder output.
+                b = ids.shape[0]
+                embeds = torch.cat([pmodel.get_prompt(batch_size=b).to(model.dtype),
+                                    model.get_input_embeddings()(ids)], dim=1)
+                full_mask = torch.cat([torch.ones(b, n_prompt, dtype=mask.dtype), mask], dim=1)
+                enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=full_mask)
+                scores = []
+                for option in work["options"]:
+                    labels = torch.tensor([option] * b)
+                    logits = model(encoder_outputs=enc, attention_mask=full_mask, labels=labels).logits
+                    nll = torch.nn.functional.cross_entropy(
+                        logits.float().transpose(1, 2), labels, reduction="none").sum(1)
+                    scores.append(-nll)
+                best = torch.stack(scores, 1).argmax(1).tolist()
+                for k, i in enumerate(idx):
+                    predictions[i] = best[k]
+    eval_s = time.perf_counter() - t0
+    report = {
+        "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__} + PEFT",
+        "task": work["settings"]["task"], "examples": len(examples), "batch": batch,
+        "pad_to": args.pad_to, "dtype": args.dtype, "attn_implementation": args.attn,
+        "threads": torch.get_num_threads(), "scoring": args.eval,
+        "max_new_tokens": args.max_new_tokens, "batches": len(batches), "padded_tokens": padded,
+        "real_tokens": sum(len(r["input_ids"]) for r in examples),
+        "eval_s": eval_s, "examples_per_s": len(examples) / eval_s, "generated_tokens": generated,
+        "predictions": predictions, "start_rss_mib": start_rss, "peak_rss_mib": maxrss_mib(),
+    }
+    print_report(report, args.json)
+    return 0
+
+
+def print_report(report, json_out):
+    if json_out:
+        print(json.dumps(report))
+    else:
+        for k, v in report.items():
+            if k != "predictions":
+                print(f"{k:22} {v}")
+
+
+def run_task(args) -> int:
+    """One epoch of the exported workload, DePT's way (see the module docs)."""
+    start_rss = proc_status_mib("VmRSS:")
+    torch, work, model, pmodel, emb = load_task(args)
+    import transformers
+    st = work["settings"]["step"]
+    examples = work["examples"]
+    batch = st["batch"]
+    lr = work["settings"]["lr"]
+    # transformers' AdamW is gone in 5.x; torch's with Hugging Face's old eps.
+    opt = torch.optim.AdamW([emb], lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    autocast = make_autocast(torch, args.dtype)
 
     # The loss at the initial prompt, token-mean over every example (untimed).
     total, tokens = 0.0, 0
     with torch.no_grad(), autocast():
         for i in range(0, len(examples), batch):
-            ids, mask, labels = collate(examples[i : i + batch], 0)
+            ids, mask, labels = collate(torch, examples[i : i + batch], 0)
             logits = pmodel(input_ids=ids, attention_mask=mask, labels=labels).logits
             total += float(torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -165,7 +261,7 @@ def run_task(args) -> int:
     losses, padded = [], 0
     for i in range(0, len(order), batch):
         rows = [examples[j] for j in order[i : i + batch]]
-        ids, mask, labels = collate(rows, args.pad_to)
+        ids, mask, labels = collate(torch, rows, args.pad_to)
         padded += ids.numel()
         with autocast():
             loss = pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -184,18 +280,14 @@ def run_task(args) -> int:
         "initial_loss": initial_loss, "epoch_mean_loss": statistics.fmean(losses),
         "start_rss_mib": start_rss, "peak_rss_mib": maxrss_mib(),
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for k, v in report.items():
-            print(f"{k:22} {v}")
+    print_report(report, args.json)
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.task_dir:
-        return run_task(args)
+        return run_eval(args) if args.eval else run_task(args)
     shape = SHAPES[args.shape]
     batch = args.batch or shape["batch"]
     length = args.len or shape["len"]

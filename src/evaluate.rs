@@ -100,7 +100,7 @@ pub fn corpus_loss(
 }
 
 /// Inputs without targets (a lone `</s>` stands in), for generation and ranking.
-fn inputs_only(inputs: &[Vec<u32>], eos: u32) -> Vec<TokenizedExample> {
+pub(crate) fn inputs_only(inputs: &[Vec<u32>], eos: u32) -> Vec<TokenizedExample> {
     inputs
         .iter()
         .map(|ids| TokenizedExample {
@@ -118,12 +118,34 @@ pub fn generate_ids(
     batch_size: usize,
     max_new_tokens: usize,
 ) -> Vec<Vec<u32>> {
+    let examples = inputs_only(inputs, model.config.eos_token_id);
+    let batches = length_sorted_batches(&examples, batch_size);
+    generate_in_batches(model, prompt, inputs, &batches, 0, max_new_tokens)
+}
+
+/// [`generate_ids`] with the batches given (index lists into `inputs`) and
+/// every input padded to at least `min_input_len`: the benchmark replays
+/// DePT's fixed-length evaluation with it (`ept bench --eval`).
+pub fn generate_in_batches(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    inputs: &[Vec<u32>],
+    batches: &[Vec<usize>],
+    min_input_len: usize,
+    max_new_tokens: usize,
+) -> Vec<Vec<u32>> {
     let cfg = &model.config;
     let examples = inputs_only(inputs, cfg.eos_token_id);
     let mut out = vec![Vec::new(); inputs.len()];
-    for idx in length_sorted_batches(&examples, batch_size) {
+    for idx in batches {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
-        let batch = Seq2SeqBatch::new(&rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
+        let batch = Seq2SeqBatch::padded_to(
+            &rows,
+            cfg.pad_id(),
+            cfg.decoder_start_id(),
+            min_input_len,
+            model.device(),
+        );
         let embeds = model.embed(batch.input_ids.clone());
         let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
         let enc = model.encode_embeds(enc_in, &mask);
@@ -168,12 +190,33 @@ pub fn rank_options(
     options: &[Vec<u32>],
     batch_size: usize,
 ) -> Vec<usize> {
+    let examples = inputs_only(inputs, model.config.eos_token_id);
+    let batches = length_sorted_batches(&examples, batch_size);
+    rank_in_batches(model, prompt, inputs, options, &batches, 0)
+}
+
+/// [`rank_options`] with the batches given and inputs padded to at least
+/// `min_input_len` (see [`generate_in_batches`]).
+pub fn rank_in_batches(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    inputs: &[Vec<u32>],
+    options: &[Vec<u32>],
+    batches: &[Vec<usize>],
+    min_input_len: usize,
+) -> Vec<usize> {
     let cfg = &model.config;
     let examples = inputs_only(inputs, cfg.eos_token_id);
     let mut best = vec![0usize; inputs.len()];
-    for idx in length_sorted_batches(&examples, batch_size) {
+    for idx in batches {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
-        let batch = Seq2SeqBatch::new(&rows, cfg.pad_id(), cfg.decoder_start_id(), model.device());
+        let batch = Seq2SeqBatch::padded_to(
+            &rows,
+            cfg.pad_id(),
+            cfg.decoder_start_id(),
+            min_input_len,
+            model.device(),
+        );
         let embeds = model.embed(batch.input_ids.clone());
         let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
         let enc = model.encode_embeds(enc_in, &mask);

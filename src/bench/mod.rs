@@ -8,6 +8,7 @@
 //! targets 2–4 tokens. `scripts/bench_pytorch.py` runs the same workloads in
 //! PyTorch; `scripts/bench_vs_pytorch.sh` compares the two (docs/BENCHMARKS.md).
 
+pub mod eval;
 pub mod task;
 
 use std::time::Instant;

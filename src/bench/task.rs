@@ -119,57 +119,100 @@ fn mean_loss(model: &T5, prompt: &SoftPrompt, examples: &[TokenizedExample], bat
     corpus_loss(&model, &prompt, examples, batch).loss
 }
 
-/// Writes what `scripts/bench_pytorch.py --task-dir` needs to replay the epoch.
-fn export(
-    dir: &Path,
-    model: &T5,
-    prompt: &SoftPrompt,
-    s: &TaskBenchSettings,
-    examples: &[TokenizedExample],
-) -> Result<()> {
-    model.save(&dir.join("model"))?;
+/// Writes what `scripts/bench_pytorch.py --task-dir` needs to replay the
+/// epoch and the evaluation: the model, the initial prompt, the examples and
+/// the rank-classification options.
+fn export(dir: &Path, w: &Workload, s: &TaskBenchSettings) -> Result<()> {
+    w.model.save(&dir.join("model"))?;
     let meta = PromptMeta {
         method: s.step.method.name().to_string(),
         materialized: false,
         model: "random".into(),
-        d_model: model.d_model(),
+        d_model: w.model.d_model(),
         l: s.step.l,
     };
-    checkpoint::save(&dir.join("prompt.safetensors"), prompt, &meta)?;
+    checkpoint::save(&dir.join("prompt.safetensors"), &w.prompt, &meta)?;
     let json = serde_json::json!({
         "settings": s,
-        "examples": examples.iter().map(|e| serde_json::json!({
+        "examples": w.examples.iter().map(|e| serde_json::json!({
             "input_ids": e.input_ids, "label_ids": e.label_ids
         })).collect::<Vec<_>>(),
+        "options": w.options(s.step.seed),
     });
     crate::error::write_atomic(dir.join("workload.json"), json.to_string().as_bytes())
+}
+
+/// What both the training and the evaluation benchmark start from: the
+/// random model, the initial prompt and the examples, all from the seed.
+pub(super) struct Workload {
+    pub model: T5,
+    pub prompt: SoftPrompt,
+    pub examples: Vec<TokenizedExample>,
+    pub lengths: Vec<usize>,
+    /// The random stream after drawing the examples (the epoch's order).
+    pub rng: Rng,
+}
+
+impl Workload {
+    /// Builds the workload of `s`, and exports it where `s.export` says.
+    pub fn new(s: &TaskBenchSettings) -> Result<Self> {
+        let st = &s.step;
+        if s.examples == 0 || st.batch == 0 {
+            return Err(Error::invalid("bench: examples and batch must be positive"));
+        }
+        let pc = st
+            .prompt_config()
+            .ok_or_else(|| Error::invalid("bench --task: needs --method pt or ept"))?;
+        let device = crate::runtime::cpu_device(true);
+        let config = st.shape.config();
+        let model = T5::random(config.clone(), st.seed, st.dtype, &device);
+        let tok = placeholder_tokenizer(config.eos_token_id)?;
+        let prompt = build_prompt(&pc, &model, &tok)?.to_device(&device, true);
+
+        // Examples: random ids, lengths from the task's distribution.
+        let mut rng = Rng::new(st.seed ^ 0x7A5C_BE4C);
+        let lengths = s.task.lengths(s.examples, &mut rng);
+        let examples: Vec<TokenizedExample> = lengths
+            .iter()
+            .map(|&len| random_examples(1, len, &config, &mut rng).remove(0))
+            .collect();
+        let w = Workload {
+            model,
+            prompt,
+            examples,
+            lengths,
+            rng,
+        };
+        if let Some(dir) = &s.export {
+            export(dir, &w, s)?;
+        }
+        Ok(w)
+    }
+
+    /// The label strings rank classification chooses between: two (SST-2's
+    /// "0"/"1", RTE's two classes), one random piece and `</s>` each, drawn
+    /// from their own stream so they do not move the examples.
+    pub fn options(&self, seed: u64) -> Vec<Vec<u32>> {
+        let mut rng = Rng::new(seed ^ 0x0F71_0A5E);
+        random_examples(2, 2, &self.model.config, &mut rng)
+            .into_iter()
+            .map(|e| e.input_ids)
+            .collect()
+    }
 }
 
 /// Runs one epoch and reports it (see the module docs).
 pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
     let st = &s.step;
-    if s.examples == 0 || st.batch == 0 {
-        return Err(Error::invalid("bench: examples and batch must be positive"));
-    }
-    let pc = st
-        .prompt_config()
-        .ok_or_else(|| Error::invalid("bench --task: needs --method pt or ept"))?;
-    let device = crate::runtime::cpu_device(true);
-    let config = st.shape.config();
-    let model = T5::random(config.clone(), st.seed, st.dtype, &device);
-    let tok = placeholder_tokenizer(config.eos_token_id)?;
-    let mut prompt = build_prompt(&pc, &model, &tok)?.to_device(&device, true);
-
-    // Examples: random ids, lengths from the task's distribution.
-    let mut rng = Rng::new(st.seed ^ 0x7A5C_BE4C);
-    let lengths = s.task.lengths(s.examples, &mut rng);
-    let examples: Vec<TokenizedExample> = lengths
-        .iter()
-        .map(|&len| random_examples(1, len, &config, &mut rng).remove(0))
-        .collect();
-    if let Some(dir) = &s.export {
-        export(dir, &model, &prompt, s, &examples)?;
-    }
+    let Workload {
+        model,
+        mut prompt,
+        examples,
+        lengths,
+        mut rng,
+    } = Workload::new(s)?;
+    let device = model.device().clone();
+    let config = model.config.clone();
     let initial_loss = mean_loss(&model, &prompt, &examples, st.batch);
 
     let groups: Vec<_> = prompt

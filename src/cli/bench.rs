@@ -67,6 +67,13 @@ pub struct BenchArgs {
     /// `scripts/bench_pytorch.py --task-dir`.
     #[arg(long)]
     export: Option<std::path::PathBuf>,
+    /// Task level: instead of a training epoch, score the examples once, by
+    /// `generate` (greedy, DePT's way) or `rank` (label ranking, 2 options).
+    #[arg(long)]
+    eval: Option<String>,
+    /// Task level, --eval generate: the most tokens generated per example.
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
     /// Burn's plain tensor operations instead of the fused CPU kernels
     /// (RMS norm, attention softmax): to measure what the kernels buy.
     #[arg(long)]
@@ -115,6 +122,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             lr: args.lr,
             export: args.export.clone(),
         };
+        if let Some(scoring) = &args.eval {
+            let eval = ept::bench::eval::EvalBenchSettings {
+                task,
+                scoring: ept::evaluate::Scoring::parse(scoring)?,
+                max_new_tokens: args.max_new_tokens,
+            };
+            let report = ept::bench::eval::run(&eval)?;
+            print_report(&report, args.json, || report.table());
+            return Ok(());
+        }
         let report = ept::bench::task::run(&task)?;
         print_report(&report, args.json, || report.table());
         return Ok(());

@@ -437,8 +437,48 @@ fn task_bench_exports_its_workload_and_pads_as_asked() {
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
+    let options = work["options"].as_array().unwrap();
+    assert_eq!(options.len(), 2);
+    assert_ne!(options[0], options[1]);
     let e = error_of(&["bench", "--task", "cola"]);
     assert!(e.contains("cola") && e.contains("sst2 or rte"), "{e}");
     let e = error_of(&["bench", "--task", "sst2", "--method", "none"]);
     assert!(e.contains("--method pt or ept"), "{e}");
+}
+
+/// The evaluation benchmark scores the same examples however it pads them:
+/// padding is masked, so DePT's fixed 256 and `ept eval`'s length-sorted
+/// batches must predict the same, by generation and by ranking.
+#[test]
+fn eval_bench_predicts_the_same_whatever_the_padding() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "--task", "sst2", "--examples", "5", "--batch", "2"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let (code, stdout, stderr) = ept(&args);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    for scoring in ["generate", "rank"] {
+        let flags = ["--eval", scoring, "--max-new-tokens", "3"];
+        let buckets = run(&flags);
+        let padded = run(&[&flags[..], &["--pad-to", "96"]].concat());
+        assert_eq!(buckets["batches"], 3);
+        assert_eq!(padded["padded_tokens"], 5 * 96);
+        let p = buckets["predictions"].as_array().unwrap();
+        assert_eq!(p.len(), 5);
+        assert_eq!(buckets["predictions"], padded["predictions"], "{scoring}");
+        if scoring == "generate" {
+            let n: usize = p.iter().map(|g| g.as_array().unwrap().len()).sum();
+            assert!(
+                p.iter()
+                    .all(|g| (1..=3).contains(&g.as_array().unwrap().len()))
+            );
+            assert_eq!(buckets["generated_tokens"], n);
+        } else {
+            assert!(p.iter().all(|o| o.as_u64().unwrap() < 2), "{p:?}");
+        }
+    }
+    let e = error_of(&["bench", "--task", "sst2", "--eval", "beam"]);
+    assert!(e.contains("generate or rank"), "{e}");
 }
