@@ -34,6 +34,7 @@ use burn::tensor::{DType, Device, FloatDType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::amx::{self, PackedB, PackedLinear};
+use super::rowdot;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -137,6 +138,25 @@ pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight.cast(dtype), None)
 }
 
+/// `x·w` over the last dimension of `x` when `x` has few rows and `w` is the
+/// transpose of a row-major weight (the tied or untied LM head, `[d, vocab]`):
+/// decoding's head product, on the row-dot kernel of [`rowdot`] off autodiff
+/// with f32 on Flex, else burn's product.
+pub fn few_rows_matmul(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    /// Above this many rows the gemm crate is the faster of the two.
+    const MAX_ROWS: usize = 128;
+    let [b, t, k] = x.dims();
+    let n = w.dims()[1];
+    let inference = x.device() == Device::flex() && w.device() == Device::flex();
+    if enabled() && inference && flex_f32(&x) && flex_f32(&w) && b * t <= MAX_ROWS {
+        let a = x.reshape([b * t, k]);
+        let out = <Dispatch as FusedOps>::few_rows_matmul(a.into_dispatch(), w.into_dispatch());
+        Tensor::<2>::from_dispatch(out).reshape([b, t, n])
+    } else {
+        burn::tensor::module::linear(x, w, None)
+    }
+}
+
 /// The fused operations, per backend. The `*_backward` methods are the
 /// backward passes the `Autodiff` implementation calls on the inner backend.
 #[backend_extension(Flex, Autodiff)]
@@ -181,6 +201,10 @@ pub trait FusedOps: Backend {
         weight: FloatTensor<Self>,
         packed: Option<Arc<PackedLinear>>,
     ) -> FloatTensor<Self>;
+
+    /// `a·w` for `a` `[m, k]` with few rows and `w` `[k, n]` the transpose of
+    /// a row-major `[n, k]` weight (the tied head); see [`few_rows_matmul`].
+    fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Rows per rayon task: enough work per task to pay for the scheduling.
@@ -391,6 +415,21 @@ impl FusedOps for Flex {
         packed: Option<Arc<PackedLinear>>,
     ) -> FlexTensor {
         bf16_product(grad, weight, packed.as_ref().map(|p| &p.backward), true)
+    }
+
+    fn few_rows_matmul(a: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let ([m, k], n) = (
+            [a.shape().as_slice()[0], a.shape().as_slice()[1]],
+            w.shape().as_slice()[1],
+        );
+        let w_rows = Flex::float_transpose(w.clone());
+        if let Some(rows) = w_rows.as_slice::<f32>() {
+            let a_values = contiguous_f32(&a);
+            if let Some(out) = rowdot::rows_times_transposed(&a_values, m, rows, n, k) {
+                return flex_tensor(out, Shape::from(vec![m, n]));
+            }
+        }
+        Flex::float_matmul(a, w)
     }
 }
 
@@ -645,6 +684,12 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let dx = B::bf16_linear_backward(grad.into_primitive(), weight.into_primitive(), packed);
         Self::from_inner(dx)
     }
+
+    fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Never routed here (`few_rows_matmul` takes the kernel off autodiff
+        // only); the tracked product keeps the operation total.
+        Self::float_matmul(a, w)
+    }
 }
 
 #[cfg(test)]
@@ -689,6 +734,23 @@ mod tests {
             max_abs_diff(a1, a2),
             max_abs_diff(b1, b2),
         ]
+    }
+
+    #[test]
+    fn few_rows_matmul_is_the_head_product_on_and_off_autodiff() {
+        // A head weight as T5 holds it: the transpose of a row-major [vocab, d].
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let shared = random([300, 40], 5, &device);
+            for rows in [1, 3, 130] {
+                let x = random([rows, 1, 40], 6, &device);
+                let got = few_rows_matmul(x.clone(), shared.clone().transpose());
+                let want = burn::tensor::module::linear(x, shared.clone().transpose(), None);
+                assert_eq!(got.dims(), [rows, 1, 300]);
+                let scale = want.clone().abs().max().into_scalar::<f32>();
+                let d = max_abs_diff(got, want);
+                assert!(d < 1e-5 * scale, "{rows} rows on {device:?}: off by {d}");
+            }
+        }
     }
 
     #[test]

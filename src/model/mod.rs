@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod fused;
 pub mod random;
+pub mod rowdot;
 pub mod save;
 pub mod t5;
 pub mod tokenizer;

@@ -606,7 +606,7 @@ impl T5 {
         } else {
             h
         };
-        linear(h, self.lm_head.clone(), None).cast(DType::F32)
+        fused::few_rows_matmul(h, self.lm_head.clone()).cast(DType::F32)
     }
 
     /// Teacher-forced decoder: logits `[b, t, vocab]` (f32) for `decoder_ids`.
