@@ -139,16 +139,18 @@ pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
 }
 
 /// `x·w` over the last dimension of `x` when `x` has few rows and `w` is the
-/// transpose of a row-major weight (the tied or untied LM head, `[d, vocab]`):
-/// decoding's head product, on the row-dot kernel of [`rowdot`] off autodiff
-/// with f32 on Flex, else burn's product.
+/// transpose of a row-major, frozen weight (the tied or untied LM head,
+/// `[d, vocab]`): the head's product in decoding and in prompt tuning (a few
+/// target tokens per example), on the row-dot kernel of [`rowdot`] for f32 on
+/// Flex, else burn's product. Gradients reach `x` only; a trainable `w`
+/// (full-parameter pretraining) takes burn's product.
 pub fn few_rows_matmul(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     /// Above this many rows the gemm crate is the faster of the two.
     const MAX_ROWS: usize = 128;
     let [b, t, k] = x.dims();
     let n = w.dims()[1];
-    let inference = x.device() == Device::flex() && w.device() == Device::flex();
-    if enabled() && inference && flex_f32(&x) && flex_f32(&w) && b * t <= MAX_ROWS {
+    let frozen = !w.is_require_grad();
+    if enabled() && frozen && flex_f32(&x) && flex_f32(&w) && b * t <= MAX_ROWS {
         let a = x.reshape([b * t, k]);
         let out = <Dispatch as FusedOps>::few_rows_matmul(a.into_dispatch(), w.into_dispatch());
         Tensor::<2>::from_dispatch(out).reshape([b, t, n])
@@ -306,26 +308,7 @@ impl FusedOps for Flex {
         let chunk = rows_per_task(k) * k;
         out.par_chunks_mut(chunk)
             .zip(ss.par_chunks(chunk).zip(bs.par_chunks(chunk)))
-            .for_each(|(out, (ss, bs))| {
-                for ((p, s), b) in out
-                    .chunks_exact_mut(k)
-                    .zip(ss.chunks_exact(k))
-                    .zip(bs.chunks_exact(k))
-                {
-                    let mut max = f32::NEG_INFINITY;
-                    for ((p, &s), &b) in p.iter_mut().zip(s).zip(b) {
-                        *p = s + b;
-                        max = max.max(*p);
-                    }
-                    let mut sum = 0f32;
-                    for p in p.iter_mut() {
-                        *p = (*p - max).exp();
-                        sum += *p;
-                    }
-                    let inv = 1.0 / sum;
-                    p.iter_mut().for_each(|p| *p *= inv);
-                }
-            });
+            .for_each(|(out, (ss, bs))| softmax_rows(out, ss, bs, k));
         flex_tensor(out, shape)
     }
 
@@ -488,6 +471,88 @@ fn gelu_new_and_slope(a: f32) -> (f32, f32) {
     )
 }
 
+/// `softmax(s + b)` of every `k`-long row of `s` and `b` into `p`, with
+/// AVX-512 where the CPU has it (the same arithmetic, in wider vectors).
+fn softmax_rows(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present.
+        return unsafe { softmax_rows_avx512(p, s, b, k) };
+    }
+    softmax_rows_body(p, s, b, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
+    softmax_rows_body(p, s, b, k)
+}
+
+/// Lanes of the reductions below: sixteen partial results, so that the
+/// compiler keeps them in one AVX-512 register (or four SSE ones).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_rows_body(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
+    let whole = k / LANES * LANES;
+    for ((p, s), b) in p
+        .chunks_exact_mut(k)
+        .zip(s.chunks_exact(k))
+        .zip(b.chunks_exact(k))
+    {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let blocks = p[..whole].chunks_exact_mut(LANES);
+        for ((p, s), b) in blocks.zip(s.chunks_exact(LANES)).zip(b.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                p[l] = s[l] + b[l];
+                lanes[l] = lanes[l].max(p[l]);
+            }
+        }
+        let mut max = lanes.iter().fold(f32::NEG_INFINITY, |a, &m| a.max(m));
+        for i in whole..k {
+            p[i] = s[i] + b[i];
+            max = max.max(p[i]);
+        }
+        for p in p.iter_mut() {
+            *p = exp_fast(*p - max);
+        }
+        let mut lanes = [0f32; LANES];
+        for p in p[..whole].chunks_exact(LANES) {
+            for l in 0..LANES {
+                lanes[l] += p[l];
+            }
+        }
+        let sum = lanes.iter().sum::<f32>() + p[whole..].iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|p| *p *= inv);
+    }
+}
+
+/// `eˣ` to about 2e-7 relative, in plain arithmetic that vectorises (libm's
+/// `expf` is a call per element: 4 % of a training step's time). `x` is
+/// split as `k·ln 2 + r` with `|r| ≤ ln 2 / 2` (Cody–Waite, two-part ln 2),
+/// `eʳ` is its degree-6 Taylor polynomial (error below `r⁷/7!` ≈ 1.2e-7), and
+/// `2ᵏ` is built in the exponent bits. Below −87.3 (the smallest normal
+/// result) it returns 0, like `expf` for masked scores (−1e30).
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    const LO: f32 = -87.336_55;
+    let xc = x.clamp(LO, 88.376_26);
+    let k = (xc * LOG2_E + ROUND) - ROUND;
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let poly = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    if x < LO { 0.0 } else { poly * scale }
+}
+
 /// `(mean(x²) + eps)^(-1/2)` of one row, accumulated in f32 like the reference.
 fn inv_rms(x: &[f32], eps: f64) -> f32 {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
@@ -575,6 +640,25 @@ impl<B: Backend + FusedOps> Backward<B, 1> for Bf16LinearStep {
         let (w, packed) = ops.state;
         if let Some(node) = x_node {
             grads.register::<B>(node.id, B::bf16_linear_backward(grad, w, packed));
+        }
+    }
+}
+
+/// The backward step of [`FusedOps::few_rows_matmul`] under autodiff: the
+/// input gradient `grad·wᵀ` (gemm: many columns, no few-rows shape); keeps the
+/// frozen weight only.
+#[derive(Debug)]
+struct FewRowsStep;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for FewRowsStep {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [a_node] = ops.parents;
+        if let Some(node) = a_node {
+            let w_t = B::float_transpose(ops.state);
+            grads.register::<B>(node.id, B::float_matmul(grad, w_t));
         }
     }
 }
@@ -686,9 +770,18 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        // Never routed here (`few_rows_matmul` takes the kernel off autodiff
-        // only); the tracked product keeps the operation total.
-        Self::float_matmul(a, w)
+        let prep = FewRowsStep
+            .prepare::<C>([a.node()])
+            .compute_bound()
+            .stateful();
+        let (a, w) = (a.into_primitive(), w.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::few_rows_matmul(a, w.clone());
+                prep.finish(w, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::few_rows_matmul(a, w)),
+        }
     }
 }
 
@@ -737,6 +830,22 @@ mod tests {
     }
 
     #[test]
+    fn exp_fast_is_exp_to_a_few_ulps_over_the_float_range() {
+        let mut worst = 0f64;
+        let mut x = -87.3f32;
+        while x < 88.3 {
+            let (got, want) = (exp_fast(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "relative error up to {worst}");
+        for x in [-1e30f32, -100.0, f32::NEG_INFINITY] {
+            assert_eq!(exp_fast(x), 0.0, "{x}");
+        }
+        assert_eq!(exp_fast(0.0), 1.0);
+    }
+
+    #[test]
     fn few_rows_matmul_is_the_head_product_on_and_off_autodiff() {
         // A head weight as T5 holds it: the transpose of a row-major [vocab, d].
         for device in [Device::flex(), Device::flex().autodiff()] {
@@ -751,6 +860,22 @@ mod tests {
                 assert!(d < 1e-5 * scale, "{rows} rows on {device:?}: off by {d}");
             }
         }
+        // Under autodiff, the input gradient is burn's.
+        let device = Device::flex().autodiff();
+        let shared = random([300, 40], 5, &device);
+        let up = random([3, 2, 300], 7, &device);
+        let grad_of = |fused: bool| {
+            let x = random([3, 2, 40], 6, &device).require_grad();
+            let out = if fused {
+                few_rows_matmul(x.clone(), shared.clone().transpose())
+            } else {
+                burn::tensor::module::linear(x.clone(), shared.clone().transpose(), None)
+            };
+            let grads = (out * up.clone()).sum().backward();
+            x.grad(&grads).unwrap()
+        };
+        let d = max_abs_diff(grad_of(true), grad_of(false));
+        assert!(d < 1e-5, "input gradients differ by {d}");
     }
 
     #[test]
@@ -777,32 +902,35 @@ mod tests {
     #[test]
     fn fused_softmax_matches_plain_ops_for_every_bias_shape() {
         let device = Device::flex();
-        // Full bias (encoder), per-head bias (decoder self-attention), per-example mask (cross).
-        for (i, bias_shape) in [[2, 3, 5, 9], [1, 3, 5, 9], [2, 1, 1, 9]]
-            .into_iter()
-            .enumerate()
-        {
-            let scores = random([2, 3, 5, 9], 10 + i as u64, &device) * 4.0;
-            let mut bias = random(bias_shape, 20 + i as u64, &device);
-            if i == 2 {
-                // A padding mask: the last two keys of the second example are masked off.
-                let mut v = vec![0f32; 18];
-                v[16] = -1e30;
-                v[17] = -1e30;
-                bias = Tensor::from_data(TensorData::new(v, bias_shape), &device);
-            }
-            let diffs = compare((scores, bias), |s, b, fused| {
-                if fused {
-                    softmax_with_bias(s, b)
-                } else {
-                    softmax_with_bias_reference(s, b)
+        // Full bias (encoder), per-head bias (decoder self-attention), per-example
+        // mask (cross); rows shorter and longer than the kernel's 16 lanes.
+        for k in [9, 37] {
+            for (i, bias_shape) in [[2, 3, 5, k], [1, 3, 5, k], [2, 1, 1, k]]
+                .into_iter()
+                .enumerate()
+            {
+                let scores = random([2, 3, 5, k], 10 + i as u64, &device) * 4.0;
+                let mut bias = random(bias_shape, 20 + i as u64, &device);
+                if i == 2 {
+                    // A padding mask: the last two keys of the second example are masked off.
+                    let mut v = vec![0f32; 2 * k];
+                    v[2 * k - 2] = -1e30;
+                    v[2 * k - 1] = -1e30;
+                    bias = Tensor::from_data(TensorData::new(v, bias_shape), &device);
                 }
-            });
-            for d in diffs {
-                assert!(
-                    d < 1e-5,
-                    "bias {bias_shape:?}: fused and plain differ by {d} ({diffs:?})"
-                );
+                let diffs = compare((scores, bias), |s, b, fused| {
+                    if fused {
+                        softmax_with_bias(s, b)
+                    } else {
+                        softmax_with_bias_reference(s, b)
+                    }
+                });
+                for d in diffs {
+                    assert!(
+                        d < 1e-5,
+                        "bias {bias_shape:?}: fused and plain differ by {d} ({diffs:?})"
+                    );
+                }
             }
         }
     }
