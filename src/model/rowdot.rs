@@ -22,7 +22,13 @@ const ROWS_PER_TASK: usize = 256;
 
 /// `out[i, j] = Σ_p a[i, p] · w[j, p]` for `a` `[m, k]` and `w` `[n, k]`, both
 /// row-major; `out` is `[m, n]` row-major. `None` without AVX-512.
-pub fn rows_times_transposed(a: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
+pub fn rows_times_transposed(
+    a: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
     assert_eq!(a.len(), m * k, "rows_times_transposed: a is not [m, k]");
     assert_eq!(w.len(), n * k, "rows_times_transposed: w is not [n, k]");
     #[cfg(target_arch = "x86_64")]
@@ -201,7 +207,14 @@ mod tests {
         let mut rng = Rng::new(3);
         // Tiles full and partial in every direction, k below, at and past 16,
         // and several rayon tasks (n > 256).
-        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (4, 4, 16), (5, 9, 33), (32, 600, 64), (7, 1030, 512)] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (4, 4, 16),
+            (5, 9, 33),
+            (32, 600, 64),
+            (7, 1030, 512),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
             let got = rows_times_transposed(&a, m, &w, n, k).unwrap();
