@@ -5,10 +5,12 @@
 //! token per example, so each step multiplies a batch of rows (32) by the
 //! head's `[d, vocab]` weight (the shared embedding, transposed: 32128 × 512
 //! for T5). The gemm crate takes that transposed view as a column-major right
-//! operand and reaches 35 GFLOP/s on it (30 ms per step at T5-small shape,
-//! most of a decoding step). Here each task keeps four rows of `W` in L1 and
-//! dots them with every row of `A` (in L2), so `W` streams from memory once,
-//! with sixteen AVX-512 accumulators per 4 × 4 tile.
+//! operand and reaches under 60 GFLOP/s on it (18 ms per step at T5-small
+//! shape, `cargo bench --bench few_rows`). Here each task keeps four rows of
+//! `W` in L1 and dots them with every row of `A` (in L2), so `W` streams from
+//! memory once, with sixteen AVX-512 accumulators per 4 × 4 tile (11.7 ms).
+//! Prompt tuning's training step has the same shape at the head: a few
+//! target tokens per example ([`crate::model::fused::few_rows_matmul`]).
 //!
 //! [`rows_times_transposed`] uses AVX-512 where the CPU has it and returns
 //! `None` elsewhere (the caller then takes burn's product); the sums run in

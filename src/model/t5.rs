@@ -33,10 +33,10 @@ const MASK_VALUE: f32 = -1e30;
 ///
 /// Stored, not viewed: the weight is copied row-major at construction. With
 /// a transposed *view* of PyTorch's `[out, in]` layout, products with few
-/// rows (generation's one token per example, short batches) run 3–5× slower
-/// in the gemm crate (measured: 32×512 by 512×512, 0.80 ms viewed against
-/// 0.16 ms stored; equal from about a thousand rows on), and bf16 products
-/// copied the view on every call.
+/// rows (generation's one token per example, short batches) run up to 5×
+/// slower in the gemm crate (`cargo bench --bench few_rows`: 32×512 by
+/// 512×512, 0.38 ms viewed against 0.08 ms stored; close from about a
+/// thousand rows on), and bf16 products copied the view on every call.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor<2>,
