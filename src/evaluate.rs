@@ -100,7 +100,7 @@ pub fn corpus_loss(
 }
 
 /// Inputs without targets (a lone `</s>` stands in), for generation and ranking.
-pub(crate) fn inputs_only(inputs: &[Vec<u32>], eos: u32) -> Vec<TokenizedExample> {
+fn inputs_only(inputs: &[Vec<u32>], eos: u32) -> Vec<TokenizedExample> {
     inputs
         .iter()
         .map(|ids| TokenizedExample {
@@ -118,9 +118,34 @@ pub fn generate_ids(
     batch_size: usize,
     max_new_tokens: usize,
 ) -> Vec<Vec<u32>> {
-    let examples = inputs_only(inputs, model.config.eos_token_id);
-    let batches = length_sorted_batches(&examples, batch_size);
+    let batches = sorted_input_batches(model, inputs, batch_size);
     generate_in_batches(model, prompt, inputs, &batches, 0, max_new_tokens)
+}
+
+/// `ept eval`'s batches of `inputs`: length-sorted, at most `batch_size` each.
+pub fn sorted_input_batches(model: &T5, inputs: &[Vec<u32>], batch_size: usize) -> Vec<Vec<usize>> {
+    length_sorted_batches(&inputs_only(inputs, model.config.eos_token_id), batch_size)
+}
+
+/// The encoder's output and mask for `rows` with the prompt, inputs padded to
+/// at least `min_input_len`: what generation and ranking start from.
+fn encode_rows(
+    model: &T5,
+    prompt: &dyn PromptInput,
+    rows: &[TokenizedExample],
+    min_input_len: usize,
+) -> (Tensor<3>, Tensor<2>) {
+    let cfg = &model.config;
+    let batch = Seq2SeqBatch::padded_to(
+        rows,
+        cfg.pad_id(),
+        cfg.decoder_start_id(),
+        min_input_len,
+        model.device(),
+    );
+    let embeds = model.embed(batch.input_ids);
+    let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask);
+    (model.encode_embeds(enc_in, &mask), mask)
 }
 
 /// [`generate_ids`] with the batches given (index lists into `inputs`) and
@@ -139,16 +164,7 @@ pub fn generate_in_batches(
     let mut out = vec![Vec::new(); inputs.len()];
     for idx in batches {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
-        let batch = Seq2SeqBatch::padded_to(
-            &rows,
-            cfg.pad_id(),
-            cfg.decoder_start_id(),
-            min_input_len,
-            model.device(),
-        );
-        let embeds = model.embed(batch.input_ids.clone());
-        let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
-        let enc = model.encode_embeds(enc_in, &mask);
+        let (enc, mask) = encode_rows(model, prompt, &rows, min_input_len);
         let generated = model.generate(enc, &mask, max_new_tokens);
         for (k, &i) in idx.iter().enumerate() {
             out[i] = generated[k].clone();
@@ -190,8 +206,7 @@ pub fn rank_options(
     options: &[Vec<u32>],
     batch_size: usize,
 ) -> Vec<usize> {
-    let examples = inputs_only(inputs, model.config.eos_token_id);
-    let batches = length_sorted_batches(&examples, batch_size);
+    let batches = sorted_input_batches(model, inputs, batch_size);
     rank_in_batches(model, prompt, inputs, options, &batches, 0)
 }
 
@@ -210,16 +225,7 @@ pub fn rank_in_batches(
     let mut best = vec![0usize; inputs.len()];
     for idx in batches {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
-        let batch = Seq2SeqBatch::padded_to(
-            &rows,
-            cfg.pad_id(),
-            cfg.decoder_start_id(),
-            min_input_len,
-            model.device(),
-        );
-        let embeds = model.embed(batch.input_ids.clone());
-        let (enc_in, mask) = prompt.encoder_input(embeds, batch.attention_mask.clone());
-        let enc = model.encode_embeds(enc_in, &mask);
+        let (enc, mask) = encode_rows(model, prompt, &rows, min_input_len);
         let mut scores = vec![f64::NEG_INFINITY; idx.len()];
         for (o, option) in options.iter().enumerate() {
             let with_option: Vec<TokenizedExample> = rows

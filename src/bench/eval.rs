@@ -13,9 +13,7 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::evaluate::{
-    Scoring, generate_in_batches, inputs_only, length_sorted_batches, rank_in_batches,
-};
+use crate::evaluate::{Scoring, generate_in_batches, rank_in_batches, sorted_input_batches};
 use crate::prompt::PromptInput;
 
 use super::proc_status_mib;
@@ -68,10 +66,7 @@ pub fn run(s: &EvalBenchSettings) -> Result<EvalBenchReport> {
         let idx: Vec<usize> = (0..inputs.len()).collect();
         idx.chunks(t.step.batch).map(|c| c.to_vec()).collect()
     } else {
-        length_sorted_batches(
-            &inputs_only(&inputs, model.config.eos_token_id),
-            t.step.batch,
-        )
+        sorted_input_batches(&model, &inputs, t.step.batch)
     };
     let padded_tokens = batches
         .iter()
@@ -104,12 +99,7 @@ pub fn run(s: &EvalBenchSettings) -> Result<EvalBenchReport> {
     Ok(EvalBenchReport {
         implementation: "ept (burn-flex)",
         settings: s.clone(),
-        kernels: if crate::model::fused::enabled() {
-            "fused"
-        } else {
-            "plain"
-        }
-        .to_string(),
+        kernels: crate::model::fused::kernels_name().to_string(),
         batches: batches.len(),
         padded_tokens,
         real_tokens: w.lengths.iter().sum(),

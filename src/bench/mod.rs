@@ -451,12 +451,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         threads: worker_threads(),
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
         allocator: allocator.to_string(),
-        kernels: if crate::model::fused::enabled() {
-            "fused"
-        } else {
-            "plain"
-        }
-        .to_string(),
+        kernels: crate::model::fused::kernels_name().to_string(),
         min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),
         mean_s: step_s.iter().sum::<f64>() / step_s.len() as f64,
         median_s,

@@ -50,6 +50,11 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// "fused" or "plain", as the benchmarks report [`enabled`].
+pub fn kernels_name() -> &'static str {
+    if enabled() { "fused" } else { "plain" }
+}
+
 /// The fused kernels apply to f32 tensors on the Flex CPU backend.
 fn flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && t.device().inner() == Device::flex()
