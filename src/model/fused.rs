@@ -34,6 +34,7 @@ use burn::tensor::{DType, Device, FloatDType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::amx::{self, PackedB, PackedLinear};
+use super::attention_kernel;
 use super::rowdot;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -164,6 +165,55 @@ pub fn few_rows_matmul(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     }
 }
 
+/// T5's multi-head attention, `softmax(q·kᵀ + bias)·v` per head with
+/// unscaled scores. `q` is `[b, t_q, h·d]`, `k` and `v` `[b, t_k, h·d]` (the
+/// projections' outputs, heads side by side), `bias` (f32) broadcasts to
+/// `[b, h, t_q, t_k]`; returns `[b, t_q, h·d]`, heads side by side. On the
+/// kernel of [`attention_kernel`] for f32 on Flex, else from tensor operations.
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    bias: Tensor<4>,
+    heads: usize,
+) -> Tensor<3> {
+    if enabled() && flex_f32(&q) && flex_f32(&k) && flex_f32(&v) && flex_f32(&bias) {
+        let out = <Dispatch as FusedOps>::multi_head_attention(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            bias.into_dispatch(),
+            heads,
+        );
+        Tensor::from_dispatch(out)
+    } else {
+        attention_reference(q, k, v, bias, heads)
+    }
+}
+
+/// [`attention`] from tensor operations: heads split by a transpose, batched
+/// products, [`softmax_with_bias`] in f32, heads merged by a transpose.
+pub fn attention_reference(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    bias: Tensor<4>,
+    heads: usize,
+) -> Tensor<3> {
+    let [b, q_len, inner] = q.dims();
+    let split = |x: Tensor<3>| {
+        let t = x.dims()[1];
+        x.reshape([b, t, heads, inner / heads]).swap_dims(1, 2)
+    };
+    let dtype = q.dtype();
+    let scores = split(q).matmul(split(k).swap_dims(2, 3)).cast(DType::F32);
+    let weights = softmax_with_bias(scores, bias).cast(dtype);
+    weights
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([b, q_len, inner])
+}
+
 /// The fused operations, per backend. The `*_backward` methods are the
 /// backward passes the `Autodiff` implementation calls on the inner backend.
 #[backend_extension(Flex, Autodiff)]
@@ -212,6 +262,43 @@ pub trait FusedOps: Backend {
     /// `a·w` for `a` `[m, k]` with few rows and `w` `[k, n]` the transpose of
     /// a row-major `[n, k]` weight (the tied head); see [`few_rows_matmul`].
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Multi-head attention; see [`attention`].
+    fn multi_head_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self>;
+
+    /// [`FusedOps::multi_head_attention`] and its probabilities `[b, h, t_q, t_k]`.
+    fn multi_head_attention_with_probs(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients of [`FusedOps::multi_head_attention`] with respect to `q`, `k`, `v`,
+    /// and to the scores `[b, h, t_q, t_k]` (the bias's, before summing over
+    /// where it broadcasts) when `scores_grad` is set; an empty tensor otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn multi_head_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        scores_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 }
 
 /// Rows per rayon task: enough work per task to pay for the scheduling.
@@ -419,6 +506,111 @@ impl FusedOps for Flex {
         }
         Flex::float_matmul(a, w)
     }
+
+    fn multi_head_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bias: FlexTensor,
+        heads: usize,
+    ) -> FlexTensor {
+        flex_attention(q, k, v, bias, heads, false).0
+    }
+
+    fn multi_head_attention_with_probs(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bias: FlexTensor,
+        heads: usize,
+    ) -> (FlexTensor, FlexTensor) {
+        let (out, probs) = flex_attention(q, k, v, bias, heads, true);
+        (out, probs.expect("probabilities were asked for"))
+    }
+
+    fn multi_head_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        probs: FlexTensor,
+        grad: FlexTensor,
+        heads: usize,
+        scores_grad: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let dims = attention_dims(&q, &k, heads);
+        let g = attention_kernel::backward(
+            &contiguous_f32(&q),
+            &contiguous_f32(&k),
+            &contiguous_f32(&v),
+            &contiguous_f32(&probs),
+            &contiguous_f32(&grad),
+            dims,
+            scores_grad,
+        );
+        let scores_shape = match scores_grad {
+            true => probs.shape(),
+            false => Shape::from(vec![0]),
+        };
+        (
+            flex_tensor(g.q, q.shape()),
+            flex_tensor(g.k, k.shape()),
+            flex_tensor(g.v, v.shape()),
+            flex_tensor(g.scores.unwrap_or_default(), scores_shape),
+        )
+    }
+}
+
+/// The shape of an attention call from `q` `[b, t_q, h·d]` and `k` `[b, t_k, h·d]`.
+fn attention_dims(q: &FlexTensor, k: &FlexTensor, heads: usize) -> attention_kernel::Dims {
+    let (qd, kd) = (q.shape(), k.shape());
+    let (qd, kd) = (qd.as_slice(), kd.as_slice());
+    attention_kernel::Dims {
+        batch: qd[0],
+        heads,
+        q_len: qd[1],
+        k_len: kd[1],
+        d_kv: qd[2] / heads,
+    }
+}
+
+/// [`FusedOps::multi_head_attention`] on Flex, with the probabilities when `keep_probs`.
+fn flex_attention(
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    bias: FlexTensor,
+    heads: usize,
+    keep_probs: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let dims = attention_dims(&q, &k, heads);
+    let full = Shape::from(vec![dims.batch, heads, dims.q_len, dims.k_len]);
+    // The bias is read through its strides (0 where it broadcasts), copied
+    // only if its rows are not contiguous.
+    let bias = Flex::float_expand(bias, full.clone());
+    let rows_contiguous = |t: &FlexTensor| {
+        let s = t.layout().strides();
+        s[3] == 1 && s.iter().all(|&s| s >= 0)
+    };
+    let bias = if rows_contiguous(&bias) {
+        bias
+    } else {
+        bias.to_contiguous()
+    };
+    let s = bias.layout().strides();
+    let strides = [s[0] as usize, s[1] as usize, s[2] as usize, 1];
+    let values = &bias.storage::<f32>()[bias.layout().start_offset()..];
+    let (out, probs) = attention_kernel::forward(
+        &contiguous_f32(&q),
+        &contiguous_f32(&k),
+        &contiguous_f32(&v),
+        attention_kernel::Bias { values, strides },
+        dims,
+        keep_probs,
+    );
+    (
+        flex_tensor(out, q.shape()),
+        keep_probs.then(|| flex_tensor(probs, full)),
+    )
 }
 
 /// `bf16(a)·W` (or `·Wᵀ` when `transposed`) over the last dimension of `a`:
@@ -476,21 +668,29 @@ fn gelu_new_and_slope(a: f32) -> (f32, f32) {
     )
 }
 
-/// `softmax(s + b)` of every `k`-long row of `s` and `b` into `p`, with
-/// AVX-512 where the CPU has it (the same arithmetic, in wider vectors).
+/// `softmax(s + b)` of every `k`-long row of `s` and `b` into `p`.
 fn softmax_rows(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
+    p.copy_from_slice(s);
+    for (p, b) in p.chunks_exact_mut(k).zip(b.chunks_exact(k)) {
+        softmax_row_in_place(p, b);
+    }
+}
+
+/// `p ← softmax(p + b)` of one row, with AVX-512 where the CPU has it (the
+/// same arithmetic, in wider vectors).
+pub(crate) fn softmax_row_in_place(p: &mut [f32], b: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present.
-        return unsafe { softmax_rows_avx512(p, s, b, k) };
+        return unsafe { softmax_row_avx512(p, b) };
     }
-    softmax_rows_body(p, s, b, k)
+    softmax_row_body(p, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_rows_avx512(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
-    softmax_rows_body(p, s, b, k)
+unsafe fn softmax_row_avx512(p: &mut [f32], b: &[f32]) {
+    softmax_row_body(p, b)
 }
 
 /// Lanes of the reductions below: sixteen partial results, so that the
@@ -498,39 +698,37 @@ unsafe fn softmax_rows_avx512(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_rows_body(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
+fn softmax_row_body(p: &mut [f32], b: &[f32]) {
+    let k = p.len();
+    let b = &b[..k];
     let whole = k / LANES * LANES;
-    for ((p, s), b) in p
-        .chunks_exact_mut(k)
-        .zip(s.chunks_exact(k))
-        .zip(b.chunks_exact(k))
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for (p, b) in p[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(b.chunks_exact(LANES))
     {
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        let blocks = p[..whole].chunks_exact_mut(LANES);
-        for ((p, s), b) in blocks.zip(s.chunks_exact(LANES)).zip(b.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                p[l] = s[l] + b[l];
-                lanes[l] = lanes[l].max(p[l]);
-            }
+        for l in 0..LANES {
+            p[l] += b[l];
+            lanes[l] = lanes[l].max(p[l]);
         }
-        let mut max = lanes.iter().fold(f32::NEG_INFINITY, |a, &m| a.max(m));
-        for i in whole..k {
-            p[i] = s[i] + b[i];
-            max = max.max(p[i]);
-        }
-        for p in p.iter_mut() {
-            *p = exp_fast(*p - max);
-        }
-        let mut lanes = [0f32; LANES];
-        for p in p[..whole].chunks_exact(LANES) {
-            for l in 0..LANES {
-                lanes[l] += p[l];
-            }
-        }
-        let sum = lanes.iter().sum::<f32>() + p[whole..].iter().sum::<f32>();
-        let inv = 1.0 / sum;
-        p.iter_mut().for_each(|p| *p *= inv);
     }
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |a, &m| a.max(m));
+    for i in whole..k {
+        p[i] += b[i];
+        max = max.max(p[i]);
+    }
+    for p in p.iter_mut() {
+        *p = exp_fast(*p - max);
+    }
+    let mut lanes = [0f32; LANES];
+    for p in p[..whole].chunks_exact(LANES) {
+        for l in 0..LANES {
+            lanes[l] += p[l];
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + p[whole..].iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    p.iter_mut().for_each(|p| *p *= inv);
 }
 
 /// `eˣ` to about 2e-7 relative, in plain arithmetic that vectorises (libm's
@@ -668,6 +866,40 @@ impl<B: Backend + FusedOps> Backward<B, 1> for FewRowsStep {
     }
 }
 
+/// The backward step of [`FusedOps::multi_head_attention`] under autodiff; keeps the
+/// queries, keys, values and probabilities, and the bias's shape to sum its
+/// gradient back to.
+#[derive(Debug)]
+struct AttentionStep {
+    heads: usize,
+    bias_shape: Shape,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 4> for AttentionStep {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [q_node, k_node, v_node, bias_node] = ops.parents;
+        let (q, k, v, probs) = ops.state;
+        let (dq, dk, dv, ds) =
+            B::multi_head_attention_backward(q, k, v, probs, grad, self.heads, bias_node.is_some());
+        if let Some(node) = bias_node {
+            grads.register::<B>(node.id, broadcast_shape::<B>(ds, &self.bias_shape));
+        }
+        for (node, g) in [(q_node, dq), (k_node, dk), (v_node, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let prep = RmsNormStep { eps }
@@ -788,6 +1020,83 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::few_rows_matmul(a, w)),
         }
     }
+
+    fn multi_head_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let bias_shape = bias.primitive().shape();
+        let prep = AttentionStep { heads, bias_shape }
+            .prepare::<C>([q.node(), k.node(), v.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        let bias = bias.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) = B::multi_head_attention_with_probs(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    bias,
+                    heads,
+                );
+                prep.finish((q, k, v, probs), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::multi_head_attention(q, k, v, bias, heads)),
+        }
+    }
+
+    fn multi_head_attention_with_probs(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, probs) = B::multi_head_attention_with_probs(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            bias.into_primitive(),
+            heads,
+        );
+        (Self::from_inner(out), Self::from_inner(probs))
+    }
+
+    fn multi_head_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        scores_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let (dq, dk, dv, ds) = B::multi_head_attention_backward(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            probs.into_primitive(),
+            grad.into_primitive(),
+            heads,
+            scores_grad,
+        );
+        (
+            Self::from_inner(dq),
+            Self::from_inner(dk),
+            Self::from_inner(dv),
+            Self::from_inner(ds),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -902,6 +1211,72 @@ mod tests {
                 "fused and plain RMS norm differ by {d} ({diffs:?})"
             );
         }
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_one_in_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        // (batch, heads, q_len, k_len, d_kv, bias shape): encoder self-attention
+        // (full bias and mask, batch-broadcast position bias), cross-attention
+        // (a per-example mask), one decoding step, and sizes past the gemm
+        // crate's register tiles.
+        let cases = [
+            (2, 3, 5, 5, 4, [2, 3, 5, 5]),
+            (2, 3, 5, 5, 4, [1, 3, 5, 5]),
+            (2, 3, 4, 7, 4, [2, 1, 1, 7]),
+            (3, 2, 1, 6, 8, [1, 2, 1, 6]),
+            (2, 2, 37, 41, 16, [1, 2, 37, 41]),
+        ];
+        for (i, (b, h, tq, tk, d, bias_shape)) in cases.into_iter().enumerate() {
+            let seed = 30 + 10 * i as u64;
+            let q = random([b, tq, h * d], seed, &device);
+            let k = random([b, tk, h * d], seed + 1, &device);
+            let v = random([b, tk, h * d], seed + 2, &device);
+            let mut bias = random(bias_shape, seed + 3, &device);
+            if bias_shape[1] == 1 {
+                // A padding mask: the last key of the second example is masked off.
+                let mut m = vec![0f32; b * tk];
+                m[2 * tk - 1] = -1e30;
+                bias = Tensor::from_data(TensorData::new(m, bias_shape), &device);
+            }
+            let up = random([b, tq, h * d], seed + 4, &device);
+            let run = |fused: bool| {
+                let [q, k, v] = [&q, &k, &v].map(|t| t.clone().require_grad());
+                let bias = bias.clone().require_grad();
+                let args = (q.clone(), k.clone(), v.clone(), bias.clone(), h);
+                let out = if fused {
+                    attention(args.0, args.1, args.2, args.3, args.4)
+                } else {
+                    attention_reference(args.0, args.1, args.2, args.3, args.4)
+                };
+                let grads = (out.clone() * up.clone()).sum().backward();
+                let g = |t: &Tensor<3>| t.grad(&grads).unwrap();
+                (out, [g(&q), g(&k), g(&v)], bias.grad(&grads).unwrap())
+            };
+            let (o1, g1, b1) = run(true);
+            let (o2, g2, b2) = run(false);
+            let case = format!("case {i} ({b}, {h}, {tq}, {tk}, {d}, {bias_shape:?})");
+            assert_eq!(o1.dims(), [b, tq, h * d], "{case}");
+            let d = max_abs_diff(o1, o2);
+            assert!(d < 1e-5, "{case}: outputs differ by {d}");
+            for (name, (a, c)) in ["q", "k", "v"].iter().zip(g1.into_iter().zip(g2)) {
+                let d = max_abs_diff(a, c);
+                assert!(d < 1e-5, "{case}: gradients of {name} differ by {d}");
+            }
+            assert_eq!(b1.dims(), bias_shape, "{case}");
+            let d = max_abs_diff(b1, b2);
+            assert!(d < 1e-5, "{case}: bias gradients differ by {d}");
+        }
+        // Without autodiff (generation), the same values.
+        let device = Device::flex();
+        let [q, k, v] = [1u64, 2, 3].map(|s| random([2, 6, 8], s, &device));
+        let bias = random([1, 2, 6, 6], 4, &device);
+        let args = || (q.clone(), k.clone(), v.clone(), bias.clone());
+        let (a, b, c, e) = args();
+        let got = attention(a, b, c, e, 2);
+        let (a, b, c, e) = args();
+        let d = max_abs_diff(got, attention_reference(a, b, c, e, 2));
+        assert!(d < 1e-5, "inference outputs differ by {d}");
     }
 
     #[test]

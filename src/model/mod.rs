@@ -4,6 +4,7 @@
 //! `config.rs`, and [`Backbone`]: the model, its tokenizer and where they came from.
 
 pub mod amx;
+pub mod attention_kernel;
 pub mod batch;
 pub mod config;
 pub mod fused;

@@ -84,7 +84,6 @@ impl Init<'_> {
             o: self.linear(inner, d),
             relative_bias,
             n_heads: cfg.num_heads,
-            d_kv: cfg.d_kv,
         }
     }
 

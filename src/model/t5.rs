@@ -107,11 +107,12 @@ impl RmsNorm {
     }
 }
 
-/// Cached keys and values of one attention layer during incremental decoding.
+/// Cached keys and values of one attention layer during incremental
+/// decoding, `[b, t, heads·d_kv]` as the projections return them.
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    k: Tensor<4>,
-    v: Tensor<4>,
+    k: Tensor<3>,
+    v: Tensor<3>,
 }
 
 /// Multi-head attention with T5's unscaled scores and optional relative bias table.
@@ -124,7 +125,6 @@ pub struct Attention {
     /// `[num_buckets, num_heads]`, only in block 0 of a stack.
     pub relative_bias: Option<Tensor<2>>,
     pub(crate) n_heads: usize,
-    pub(crate) d_kv: usize,
 }
 
 impl Attention {
@@ -153,35 +153,23 @@ impl Attention {
             o: Linear::load(w, &format!("{prefix}.o.weight"), inner, d, ctx)?,
             relative_bias,
             n_heads: cfg.num_heads,
-            d_kv: cfg.d_kv,
         })
     }
 
-    /// `[b, t, inner]` -> `[b, heads, t, d_kv]`.
-    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
-        let [b, t, _] = x.dims();
-        x.reshape([b, t, self.n_heads, self.d_kv]).swap_dims(1, 2)
-    }
-
-    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: &Tensor<4>) -> Tensor<3> {
-        let [b, _, t, _] = q.dims();
-        let dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32);
-        let weights = fused::softmax_with_bias(scores, bias.clone()).cast(dtype);
-        let ctx = weights
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, t, self.n_heads * self.d_kv]);
-        self.o.forward(ctx)
+    /// Attention of the projected queries over the projected keys and values
+    /// (each `[b, t, heads·d_kv]`), then the output projection.
+    fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        self.o
+            .forward(fused::attention(q, k, v, bias.clone(), self.n_heads))
     }
 
     /// Self- or cross-attention over a whole sequence; `bias` (f32) holds the
     /// position bias and the masks, broadcastable to `[b, heads, t_q, t_k]`.
     pub fn forward(&self, x: Tensor<3>, kv: Option<Tensor<3>>, bias: &Tensor<4>) -> Tensor<3> {
         let src = kv.unwrap_or_else(|| x.clone());
-        let q = self.split_heads(self.q.forward(x));
-        let k = self.split_heads(self.k.forward(src.clone()));
-        let v = self.split_heads(self.v.forward(src));
+        let q = self.q.forward(x);
+        let k = self.k.forward(src.clone());
+        let v = self.v.forward(src);
         self.attend(q, k, v, bias)
     }
 
@@ -192,13 +180,13 @@ impl Attention {
         cache: &mut Option<KvCache>,
         bias: &Tensor<4>,
     ) -> Tensor<3> {
-        let q = self.split_heads(self.q.forward(x.clone()));
-        let k_new = self.split_heads(self.k.forward(x.clone()));
-        let v_new = self.split_heads(self.v.forward(x));
+        let q = self.q.forward(x.clone());
+        let k_new = self.k.forward(x.clone());
+        let v_new = self.v.forward(x);
         let (k, v) = match cache.take() {
             Some(c) => (
-                Tensor::cat(vec![c.k, k_new], 2),
-                Tensor::cat(vec![c.v, v_new], 2),
+                Tensor::cat(vec![c.k, k_new], 1),
+                Tensor::cat(vec![c.v, v_new], 1),
             ),
             None => (k_new, v_new),
         };
@@ -212,8 +200,8 @@ impl Attention {
     /// Keys and values of the encoder output, computed once per generation.
     fn cross_cache(&self, enc: Tensor<3>) -> KvCache {
         KvCache {
-            k: self.split_heads(self.k.forward(enc.clone())),
-            v: self.split_heads(self.v.forward(enc)),
+            k: self.k.forward(enc.clone()),
+            v: self.v.forward(enc),
         }
     }
 
@@ -677,7 +665,7 @@ impl T5 {
                     );
                 let c = &cross[i];
                 let a = &block.cross_attn;
-                let q = a.split_heads(a.q.forward(block.cross_norm.forward(h.clone())));
+                let q = a.q.forward(block.cross_norm.forward(h.clone()));
                 h = h + a.attend(q, c.k.clone(), c.v.clone(), &cross_bias);
                 h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
             }

@@ -1,0 +1,338 @@
+//! Multi-head attention, forward and backward, one head at a time.
+//!
+//! Why: composed from tensor operations, T5's attention splits the heads with
+//! a transpose, multiplies 128 small `[t, 64]` matrices in a batched product
+//! whose `q·kᵀ` shape (inner dimension 64, a strided right operand) the gemm
+//! crate runs at a fifth of its speed on the layers' products, keeps
+//! four full `[b, heads, t_q, t_k]` tensors alive per layer (scores,
+//! probabilities and, backward, their two gradients), and merges the heads
+//! with another transpose. Here each (example, head) pair is one task: its
+//! scores, softmax and weighted sum stay in the core's cache, the heads are
+//! read and written in place in the `[b, t, heads·d_kv]` layout of the
+//! projections around them, and only the probabilities are kept for the
+//! backward pass (as the composed version keeps them).
+//!
+//! `cargo bench --bench layer_ops` times the two on the T5-small shape.
+//!
+//! Shapes: `q` is `[b, t_q, h·d]`, `k` and `v` are `[b, t_k, h·d]`, the
+//! additive `bias` (position bias and masks, f32) is given by strides over
+//! `[b, h, t_q, t_k]` (0 where it broadcasts), the output `[b, t_q, h·d]`.
+//! T5 does not scale its scores.
+
+use rayon::prelude::*;
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub heads: usize,
+    pub q_len: usize,
+    pub k_len: usize,
+    pub d_kv: usize,
+}
+
+impl Dims {
+    fn inner(&self) -> usize {
+        self.heads * self.d_kv
+    }
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+    fn probs_len(&self) -> usize {
+        self.pairs() * self.q_len * self.k_len
+    }
+}
+
+/// The additive bias: its values and the element strides of its four
+/// dimensions `[b, h, t_q, t_k]` (0 where it broadcasts; the last must be 1).
+#[derive(Clone, Copy, Debug)]
+pub struct Bias<'a> {
+    pub values: &'a [f32],
+    pub strides: [usize; 4],
+}
+
+impl Bias<'_> {
+    /// The `k_len` values added to row `row` of head `head` of example `b`.
+    fn row(&self, b: usize, head: usize, row: usize, k_len: usize) -> &[f32] {
+        let [sb, sh, sr, _] = self.strides;
+        let start = b * sb + head * sh + row * sr;
+        &self.values[start..start + k_len]
+    }
+}
+
+/// A raw pointer that rayon tasks share: each task writes a disjoint part
+/// (its head's columns, or its head's block of probabilities).
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the tasks below write disjoint elements through it, and the buffer
+// outlives the parallel loop.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The element `offset` places on (a method, so that closures capture
+    /// the `Send` wrapper, not its raw pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+
+    /// Block `index` of `len` elements.
+    ///
+    /// # Safety
+    /// The block lies inside the buffer, and no other thread touches it
+    /// while the slice lives.
+    unsafe fn block<'a>(self, index: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.at(index * len), len) }
+    }
+}
+
+/// `dst (m×n) = a (m×k) · b (k×n)`, single-threaded, each operand given by a
+/// pointer and its (row, column) element strides.
+///
+/// # Safety
+/// Every element the strides address must be inside its allocation; `dst`
+/// must not overlap `a` or `b` nor be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    [a_rs, a_cs]: [usize; 2],
+    b: *const f32,
+    [b_rs, b_cs]: [usize; 2],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The forward pass: the output `[b, t_q, h·d]`, and the probabilities
+/// `[b, h, t_q, t_k]` when `keep_probs` (for the backward pass; else they
+/// live in a per-thread scratch block and an empty vector is returned).
+pub fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Bias,
+    dims: Dims,
+    keep_probs: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let Dims {
+        heads,
+        q_len,
+        k_len,
+        d_kv,
+        ..
+    } = dims;
+    let inner = dims.inner();
+    check_lengths(q, k, v, dims);
+    let mut out = vec![0f32; dims.batch * q_len * inner];
+    let mut probs = if keep_probs {
+        vec![0f32; dims.probs_len()]
+    } else {
+        Vec::new()
+    };
+    let block = q_len * k_len;
+    if block == 0 {
+        return (out, probs);
+    }
+    let out_ptr = Shared(out.as_mut_ptr());
+    let probs_ptr = keep_probs.then_some(Shared(probs.as_mut_ptr()));
+    (0..dims.pairs()).into_par_iter().for_each_init(
+        || vec![0f32; if keep_probs { 0 } else { block }],
+        |scratch, pair| {
+            let (b, h) = (pair / heads, pair % heads);
+            let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
+            let p: &mut [f32] = match probs_ptr {
+                // SAFETY: this task's own block of the probabilities.
+                Some(ptr) => unsafe { ptr.block(pair, block) },
+                None => scratch,
+            };
+            // SAFETY: the operands lie inside q, k, v (rows of `inner`
+            // elements, this head's `d_kv` columns); p is this task's own
+            // block, and the output columns of (b, h) are written by this
+            // task only.
+            unsafe {
+                // S = Q·Kᵀ
+                product(
+                    [q_len, k_len, d_kv],
+                    p.as_mut_ptr(),
+                    k_len,
+                    q[q_off..].as_ptr(),
+                    [inner, 1],
+                    k[k_off..].as_ptr(),
+                    [1, inner],
+                );
+                // P = softmax(S + bias), row by row
+                for (row, p_row) in p.chunks_exact_mut(k_len).enumerate() {
+                    super::fused::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
+                }
+                // O = P·V, into this head's columns
+                product(
+                    [q_len, d_kv, k_len],
+                    out_ptr.at(q_off),
+                    inner,
+                    p.as_ptr(),
+                    [k_len, 1],
+                    v[k_off..].as_ptr(),
+                    [inner, 1],
+                );
+            }
+        },
+    );
+    (out, probs)
+}
+
+/// The gradients of [`forward`] with respect to `q`, `k`, `v` (each in its
+/// input's layout) and, when `bias_grad` is set, the gradient of the scores
+/// `[b, h, t_q, t_k]` (the bias's, before summing over where it broadcasts).
+pub struct Gradients {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub scores: Option<Vec<f32>>,
+}
+
+/// The backward pass from the output gradient `grad` (`[b, t_q, h·d]`) and
+/// the forward pass's probabilities.
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    grad: &[f32],
+    dims: Dims,
+    bias_grad: bool,
+) -> Gradients {
+    let Dims {
+        heads,
+        q_len,
+        k_len,
+        d_kv,
+        ..
+    } = dims;
+    let inner = dims.inner();
+    check_lengths(q, k, v, dims);
+    assert_eq!(probs.len(), dims.probs_len(), "attention: probabilities");
+    assert_eq!(grad.len(), q.len(), "attention: output gradient");
+    let mut dq = vec![0f32; q.len()];
+    let mut dk = vec![0f32; k.len()];
+    let mut dv = vec![0f32; v.len()];
+    let mut scores = bias_grad.then(|| vec![0f32; dims.probs_len()]);
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
+    let ds_ptr = scores.as_mut().map(|s| Shared(s.as_mut_ptr()));
+    let block = q_len * k_len;
+    if block == 0 {
+        return Gradients {
+            q: dq,
+            k: dk,
+            v: dv,
+            scores,
+        };
+    }
+    (0..dims.pairs()).into_par_iter().for_each_init(
+        || vec![0f32; if bias_grad { 0 } else { block }],
+        |scratch, pair| {
+            let (b, h) = (pair / heads, pair % heads);
+            let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
+            let p = &probs[pair * block..(pair + 1) * block];
+            // dS goes to the caller's buffer when the bias wants it, else to scratch.
+            let ds: &mut [f32] = match ds_ptr {
+                // SAFETY: this task's own block of the scores gradient.
+                Some(ptr) => unsafe { ptr.block(pair, block) },
+                None => scratch,
+            };
+            // SAFETY: as in `forward`: operands inside their buffers, each
+            // task writing only its own head's columns and its own block.
+            unsafe {
+                // dV = Pᵀ·dO
+                product(
+                    [k_len, d_kv, q_len],
+                    dv_ptr.at(k_off),
+                    inner,
+                    p.as_ptr(),
+                    [1, k_len],
+                    grad[q_off..].as_ptr(),
+                    [inner, 1],
+                );
+                // dP = dO·Vᵀ
+                product(
+                    [q_len, k_len, d_kv],
+                    ds.as_mut_ptr(),
+                    k_len,
+                    grad[q_off..].as_ptr(),
+                    [inner, 1],
+                    v[k_off..].as_ptr(),
+                    [1, inner],
+                );
+                // dS = P ⊙ (dP − Σ_j dP⊙P), row by row
+                for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
+                    let dot: f32 = ds_row.iter().zip(p_row).map(|(g, p)| g * p).sum();
+                    for (g, &p) in ds_row.iter_mut().zip(p_row) {
+                        *g = p * (*g - dot);
+                    }
+                }
+                // dQ = dS·K
+                product(
+                    [q_len, d_kv, k_len],
+                    dq_ptr.at(q_off),
+                    inner,
+                    ds.as_ptr(),
+                    [k_len, 1],
+                    k[k_off..].as_ptr(),
+                    [inner, 1],
+                );
+                // dK = dSᵀ·Q
+                product(
+                    [k_len, d_kv, q_len],
+                    dk_ptr.at(k_off),
+                    inner,
+                    ds.as_ptr(),
+                    [1, k_len],
+                    q[q_off..].as_ptr(),
+                    [inner, 1],
+                );
+            }
+        },
+    );
+    Gradients {
+        q: dq,
+        k: dk,
+        v: dv,
+        scores,
+    }
+}
+
+fn check_lengths(q: &[f32], k: &[f32], v: &[f32], dims: Dims) {
+    let inner = dims.inner();
+    assert_eq!(q.len(), dims.batch * dims.q_len * inner, "attention: q");
+    assert_eq!(k.len(), dims.batch * dims.k_len * inner, "attention: k");
+    assert_eq!(v.len(), k.len(), "attention: v");
+}
