@@ -50,18 +50,23 @@ fn main() {
         let x = x.clone().require_grad();
         fused::rms_norm(x, norm_w.clone(), 1e-6).sum()
     });
-    time("linear 512->512", &|| {
-        let x = x.clone().require_grad();
-        burn::tensor::module::linear(x, w_dd.clone(), None).sum()
-    });
-    time("linear 512->2048", &|| {
-        let x = x.clone().require_grad();
-        burn::tensor::module::linear(x, w_up.clone(), None).sum()
-    });
-    time("linear 2048->512", &|| {
-        let x = up.clone().require_grad();
-        burn::tensor::module::linear(x, w_down.clone(), None).sum()
-    });
+    type Dense = fn(Tensor<3>, Tensor<2>) -> Tensor<3>;
+    let burn_linear: Dense = |x, w| burn::tensor::module::linear(x, w, None);
+    let versions: [(&str, Dense); 2] = [
+        ("frozen_linear", fused::frozen_linear),
+        ("burn's linear", burn_linear),
+    ];
+    for (name, dense) in versions {
+        for (input, w, shape) in [
+            (&x, &w_dd, "512->512"),
+            (&x, &w_up, "512->2048"),
+            (&up, &w_down, "2048->512"),
+        ] {
+            time(&format!("{shape}, {name}"), &|| {
+                dense(input.clone().require_grad(), w.clone()).sum()
+            });
+        }
+    }
     time("relu [b,t,2048]", &|| relu(up.clone().require_grad()).sum());
     time("split heads + q kT", &|| {
         let x = x.clone().require_grad();

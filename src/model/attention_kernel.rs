@@ -21,6 +21,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::product_raw;
+
 /// The shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -75,57 +77,33 @@ impl Shared {
     fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
-
-    /// Block `index` of `len` elements.
-    ///
-    /// # Safety
-    /// The block lies inside the buffer, and no other thread touches it
-    /// while the slice lives.
-    unsafe fn block<'a>(self, index: usize, len: usize) -> &'a mut [f32] {
-        // SAFETY: forwarded from the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.at(index * len), len) }
-    }
 }
 
-/// `dst (m×n) = a (m×k) · b (k×n)`, single-threaded, each operand given by a
-/// pointer and its (row, column) element strides.
+/// `dst (m×n) = a (m×k) · b (k×n)` on the calling thread; see [`product_raw`].
 ///
 /// # Safety
-/// Every element the strides address must be inside its allocation; `dst`
-/// must not overlap `a` or `b` nor be written by another thread meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// As [`product_raw`].
 unsafe fn product(
-    [m, n, k]: [usize; 3],
+    mnk: [usize; 3],
     dst: *mut f32,
     dst_rs: usize,
     a: *const f32,
-    [a_rs, a_cs]: [usize; 2],
+    a_strides: [usize; 2],
     b: *const f32,
-    [b_rs, b_cs]: [usize; 2],
+    b_strides: [usize; 2],
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        product_raw(
+            mnk,
             dst,
-            1,
-            dst_rs as isize,
-            false,
+            dst_rs,
             a,
-            a_cs as isize,
-            a_rs as isize,
+            a_strides,
             b,
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
+            b_strides,
             gemm::Parallelism::None,
-        );
+        )
     }
 }
 
@@ -149,16 +127,14 @@ pub fn forward(
     } = dims;
     let inner = dims.inner();
     check_lengths(q, k, v, dims);
-    let mut out = vec![0f32; dims.batch * q_len * inner];
-    let mut probs = if keep_probs {
-        vec![0f32; dims.probs_len()]
-    } else {
-        Vec::new()
-    };
-    let block = q_len * k_len;
+    let (out_len, block) = (dims.batch * q_len * inner, q_len * k_len);
     if block == 0 {
-        return (out, probs);
+        return (vec![0.0; out_len], Vec::new());
     }
+    // Filled by the products below, every element: not zeroed first.
+    let mut out = Vec::with_capacity(out_len);
+    let probs_len = if keep_probs { dims.probs_len() } else { 0 };
+    let mut probs = Vec::with_capacity(probs_len);
     let out_ptr = Shared(out.as_mut_ptr());
     let probs_ptr = keep_probs.then_some(Shared(probs.as_mut_ptr()));
     (0..dims.pairs()).into_par_iter().for_each_init(
@@ -166,10 +142,9 @@ pub fn forward(
         |scratch, pair| {
             let (b, h) = (pair / heads, pair % heads);
             let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
-            let p: &mut [f32] = match probs_ptr {
-                // SAFETY: this task's own block of the probabilities.
-                Some(ptr) => unsafe { ptr.block(pair, block) },
-                None => scratch,
+            let p_ptr = match probs_ptr {
+                Some(ptr) => ptr.at(pair * block),
+                None => scratch.as_mut_ptr(),
             };
             // SAFETY: the operands lie inside q, k, v (rows of `inner`
             // elements, this head's `d_kv` columns); p is this task's own
@@ -179,13 +154,15 @@ pub fn forward(
                 // S = Q·Kᵀ
                 product(
                     [q_len, k_len, d_kv],
-                    p.as_mut_ptr(),
+                    p_ptr,
                     k_len,
                     q[q_off..].as_ptr(),
                     [inner, 1],
                     k[k_off..].as_ptr(),
                     [1, inner],
                 );
+                // The product wrote the whole block (this task's own).
+                let p = std::slice::from_raw_parts_mut(p_ptr, block);
                 // P = softmax(S + bias), row by row
                 for (row, p_row) in p.chunks_exact_mut(k_len).enumerate() {
                     super::fused::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
@@ -203,6 +180,12 @@ pub fn forward(
             }
         },
     );
+    // SAFETY: the tasks wrote every element of both (all heads' columns of
+    // every output row, every probability block).
+    unsafe {
+        out.set_len(out_len);
+        probs.set_len(probs_len);
+    }
     (out, probs)
 }
 
@@ -238,25 +221,26 @@ pub fn backward(
     check_lengths(q, k, v, dims);
     assert_eq!(probs.len(), dims.probs_len(), "attention: probabilities");
     assert_eq!(grad.len(), q.len(), "attention: output gradient");
-    let mut dq = vec![0f32; q.len()];
-    let mut dk = vec![0f32; k.len()];
-    let mut dv = vec![0f32; v.len()];
-    let mut scores = bias_grad.then(|| vec![0f32; dims.probs_len()]);
+    let block = q_len * k_len;
+    if block == 0 {
+        return Gradients {
+            q: vec![0.0; q.len()],
+            k: vec![0.0; k.len()],
+            v: vec![0.0; v.len()],
+            scores: bias_grad.then(Vec::new),
+        };
+    }
+    // Filled by the products below, every element: not zeroed first.
+    let mut dq = Vec::with_capacity(q.len());
+    let mut dk = Vec::with_capacity(k.len());
+    let mut dv = Vec::with_capacity(v.len());
+    let mut scores = bias_grad.then(|| Vec::with_capacity(dims.probs_len()));
     let (dq_ptr, dk_ptr, dv_ptr) = (
         Shared(dq.as_mut_ptr()),
         Shared(dk.as_mut_ptr()),
         Shared(dv.as_mut_ptr()),
     );
     let ds_ptr = scores.as_mut().map(|s| Shared(s.as_mut_ptr()));
-    let block = q_len * k_len;
-    if block == 0 {
-        return Gradients {
-            q: dq,
-            k: dk,
-            v: dv,
-            scores,
-        };
-    }
     (0..dims.pairs()).into_par_iter().for_each_init(
         || vec![0f32; if bias_grad { 0 } else { block }],
         |scratch, pair| {
@@ -264,10 +248,9 @@ pub fn backward(
             let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
             let p = &probs[pair * block..(pair + 1) * block];
             // dS goes to the caller's buffer when the bias wants it, else to scratch.
-            let ds: &mut [f32] = match ds_ptr {
-                // SAFETY: this task's own block of the scores gradient.
-                Some(ptr) => unsafe { ptr.block(pair, block) },
-                None => scratch,
+            let ds_ptr = match ds_ptr {
+                Some(ptr) => ptr.at(pair * block),
+                None => scratch.as_mut_ptr(),
             };
             // SAFETY: as in `forward`: operands inside their buffers, each
             // task writing only its own head's columns and its own block.
@@ -285,13 +268,15 @@ pub fn backward(
                 // dP = dO·Vᵀ
                 product(
                     [q_len, k_len, d_kv],
-                    ds.as_mut_ptr(),
+                    ds_ptr,
                     k_len,
                     grad[q_off..].as_ptr(),
                     [inner, 1],
                     v[k_off..].as_ptr(),
                     [1, inner],
                 );
+                // The product wrote the whole block (this task's own).
+                let ds = std::slice::from_raw_parts_mut(ds_ptr, block);
                 // dS = P ⊙ (dP − Σ_j dP⊙P), row by row
                 for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
                     let dot: f32 = ds_row.iter().zip(p_row).map(|(g, p)| g * p).sum();
@@ -322,6 +307,16 @@ pub fn backward(
             }
         },
     );
+    // SAFETY: the tasks wrote every element (all heads' columns of every
+    // row, every block of the scores gradient).
+    unsafe {
+        dq.set_len(q.len());
+        dk.set_len(k.len());
+        dv.set_len(v.len());
+        if let Some(s) = scores.as_mut() {
+            s.set_len(dims.probs_len());
+        }
+    }
     Gradients {
         q: dq,
         k: dk,

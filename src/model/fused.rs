@@ -35,6 +35,7 @@ use rayon::prelude::*;
 
 use super::amx::{self, PackedB, PackedLinear};
 use super::attention_kernel;
+use super::matmul;
 use super::rowdot;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -142,6 +143,19 @@ pub fn bf16_linear(
 pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     let dtype = x.dtype();
     burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight.cast(dtype), None)
+}
+
+/// `x·w` over the last dimension of `x` for a frozen weight `w` `[in, out]`
+/// (gradients reach `x` only): for f32 on Flex on [`matmul::product`], which
+/// writes into unzeroed buffers, the backward reading `w` transposed in
+/// place; else (other backends and dtypes, a trainable weight) burn's `linear`.
+pub fn frozen_linear(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    if enabled() && !w.is_require_grad() && flex_f32(&x) && flex_f32(&w) {
+        let out = <Dispatch as FusedOps>::frozen_linear(x.into_dispatch(), w.into_dispatch());
+        Tensor::from_dispatch(out)
+    } else {
+        burn::tensor::module::linear(x, w, None)
+    }
 }
 
 /// `x·w` over the last dimension of `x` when `x` has few rows and `w` is the
@@ -258,6 +272,12 @@ pub trait FusedOps: Backend {
         weight: FloatTensor<Self>,
         packed: Option<Arc<PackedLinear>>,
     ) -> FloatTensor<Self>;
+
+    /// `x·w` over the last dimension of `x`, `w` `[in, out]` frozen; see [`frozen_linear`].
+    fn frozen_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradient of [`FusedOps::frozen_linear`] with respect to `x`: `grad·wᵀ`.
+    fn frozen_linear_backward(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `a·w` for `a` `[m, k]` with few rows and `w` `[k, n]` the transpose of
     /// a row-major `[n, k]` weight (the tied head); see [`few_rows_matmul`].
@@ -492,6 +512,14 @@ impl FusedOps for Flex {
         bf16_product(grad, weight, packed.as_ref().map(|p| &p.backward), true)
     }
 
+    fn frozen_linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        dense_product(x, w, false)
+    }
+
+    fn frozen_linear_backward(grad: FlexTensor, w: FlexTensor) -> FlexTensor {
+        dense_product(grad, w, true)
+    }
+
     fn few_rows_matmul(a: FlexTensor, w: FlexTensor) -> FlexTensor {
         let ([m, k], n) = (
             [a.shape().as_slice()[0], a.shape().as_slice()[1]],
@@ -560,6 +588,47 @@ impl FusedOps for Flex {
     }
 }
 
+/// `t` with no negative strides (copied row-major if it had any), so that
+/// [`strided_f32`] can read it in place.
+fn forward_strides(t: FlexTensor) -> FlexTensor {
+    if t.layout().strides().iter().all(|&s| s >= 0) {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The f32 elements of `t` from its first one on, and its strides (which
+/// [`forward_strides`] made non-negative).
+fn strided_f32(t: &FlexTensor) -> (&[f32], Vec<usize>) {
+    let strides = t.layout().strides().iter().map(|&s| s as usize).collect();
+    (&t.storage::<f32>()[t.layout().start_offset()..], strides)
+}
+
+/// `a·w` (or `a·wᵀ` when `transposed`) over the last dimension of `a`, `w`
+/// a matrix read through its strides (a transposed view costs no copy).
+fn dense_product(a: FlexTensor, w: FlexTensor, transposed: bool) -> FlexTensor {
+    let shape = a.shape();
+    let mut out_dims = shape.as_slice().to_vec();
+    let k = *out_dims.last().unwrap_or(&1);
+    let m = shape.num_elements() / k.max(1);
+    let w = forward_strides(w);
+    let (values, strides) = strided_f32(&w);
+    let [w_rows, w_cols] = [w.shape().as_slice()[0], w.shape().as_slice()[1]];
+    let w_op = matmul::Operand {
+        values,
+        strides: [strides[0], strides[1]],
+    };
+    let (w_op, n) = match transposed {
+        false => (w_op, w_cols),
+        true => (w_op.transposed(), w_rows),
+    };
+    let a_values = contiguous_f32(&a);
+    let out = matmul::product(m, n, k, matmul::Operand::rows(&a_values, k), w_op);
+    *out_dims.last_mut().unwrap() = n;
+    flex_tensor(out, Shape::from(out_dims))
+}
+
 /// The shape of an attention call from `q` `[b, t_q, h·d]` and `k` `[b, t_k, h·d]`.
 fn attention_dims(q: &FlexTensor, k: &FlexTensor, heads: usize) -> attention_kernel::Dims {
     let (qd, kd) = (q.shape(), k.shape());
@@ -586,19 +655,13 @@ fn flex_attention(
     let full = Shape::from(vec![dims.batch, heads, dims.q_len, dims.k_len]);
     // The bias is read through its strides (0 where it broadcasts), copied
     // only if its rows are not contiguous.
-    let bias = Flex::float_expand(bias, full.clone());
-    let rows_contiguous = |t: &FlexTensor| {
-        let s = t.layout().strides();
-        s[3] == 1 && s.iter().all(|&s| s >= 0)
+    let bias = forward_strides(Flex::float_expand(bias, full.clone()));
+    let bias = match bias.layout().strides()[3] {
+        1 => bias,
+        _ => bias.to_contiguous(),
     };
-    let bias = if rows_contiguous(&bias) {
-        bias
-    } else {
-        bias.to_contiguous()
-    };
-    let s = bias.layout().strides();
-    let strides = [s[0] as usize, s[1] as usize, s[2] as usize, 1];
-    let values = &bias.storage::<f32>()[bias.layout().start_offset()..];
+    let (values, s) = strided_f32(&bias);
+    let strides = [s[0], s[1], s[2], 1];
     let (out, probs) = attention_kernel::forward(
         &contiguous_f32(&q),
         &contiguous_f32(&k),
@@ -848,8 +911,8 @@ impl<B: Backend + FusedOps> Backward<B, 1> for Bf16LinearStep {
 }
 
 /// The backward step of [`FusedOps::few_rows_matmul`] under autodiff: the
-/// input gradient `grad·wᵀ` (gemm: many columns, no few-rows shape); keeps the
-/// frozen weight only.
+/// input gradient `grad·wᵀ` ([`FusedOps::frozen_linear_backward`]: many
+/// columns, no few-rows shape); keeps the frozen weight only.
 #[derive(Debug)]
 struct FewRowsStep;
 
@@ -860,8 +923,24 @@ impl<B: Backend + FusedOps> Backward<B, 1> for FewRowsStep {
         let grad = grads.consume::<B>(&ops.node);
         let [a_node] = ops.parents;
         if let Some(node) = a_node {
-            let w_t = B::float_transpose(ops.state);
-            grads.register::<B>(node.id, B::float_matmul(grad, w_t));
+            grads.register::<B>(node.id, B::frozen_linear_backward(grad, ops.state));
+        }
+    }
+}
+
+/// The backward step of [`FusedOps::frozen_linear`] under autodiff; keeps the
+/// (frozen, shared) weight only, never the layer's input.
+#[derive(Debug)]
+struct FrozenLinearStep;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for FrozenLinearStep {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node] = ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, B::frozen_linear_backward(grad, ops.state));
         }
     }
 }
@@ -1004,6 +1083,28 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let dx = B::bf16_linear_backward(grad.into_primitive(), weight.into_primitive(), packed);
         Self::from_inner(dx)
+    }
+
+    fn frozen_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = FrozenLinearStep
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.into_primitive(), w.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::frozen_linear(x, w.clone());
+                prep.finish(w, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::frozen_linear(x, w)),
+        }
+    }
+
+    fn frozen_linear_backward(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::frozen_linear_backward(
+            grad.into_primitive(),
+            w.into_primitive(),
+        ))
     }
 
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1190,6 +1291,45 @@ mod tests {
         };
         let d = max_abs_diff(grad_of(true), grad_of(false));
         assert!(d < 1e-5, "input gradients differ by {d}");
+    }
+
+    #[test]
+    fn frozen_linear_is_burns_linear_in_values_and_input_gradients() {
+        let device = Device::flex().autodiff();
+        // A row-major [in, out] weight (Linear's layout) and a transposed view
+        // of a row-major [out, in] one (the tied head's), past the gemm
+        // crate's tiles and below its threshold for threads.
+        let stored = random([70, 33], 11, &device);
+        let viewed = random([33, 70], 12, &device).transpose();
+        for (what, w) in [("row-major", stored), ("transposed view", viewed)] {
+            for rows in [1, 5, 300] {
+                let up = random([rows, 2, 33], 13, &device);
+                let run = |fused: bool| {
+                    let x = random([rows, 2, 70], 14, &device).require_grad();
+                    let out = if fused {
+                        frozen_linear(x.clone(), w.clone())
+                    } else {
+                        burn::tensor::module::linear(x.clone(), w.clone(), None)
+                    };
+                    let grads = (out.clone() * up.clone()).sum().backward();
+                    (out, x.grad(&grads).unwrap())
+                };
+                let ((o1, g1), (o2, g2)) = (run(true), run(false));
+                assert_eq!(o1.dims(), [rows, 2, 33]);
+                // Relative to the largest value: the sums run in another order.
+                let scale = |t: &Tensor<3>| t.clone().abs().max().into_scalar::<f32>();
+                let (s_out, s_grad) = (scale(&o2), scale(&g2));
+                let (d_out, d_grad) = (max_abs_diff(o1, o2), max_abs_diff(g1, g2));
+                assert!(
+                    d_out < 1e-5 * s_out,
+                    "{what}, {rows}: outputs off by {d_out}"
+                );
+                assert!(
+                    d_grad < 1e-5 * s_grad,
+                    "{what}, {rows}: gradients off by {d_grad}"
+                );
+            }
+        }
     }
 
     #[test]

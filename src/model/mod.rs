@@ -8,6 +8,7 @@ pub mod attention_kernel;
 pub mod batch;
 pub mod config;
 pub mod fused;
+pub mod matmul;
 pub mod random;
 pub mod rowdot;
 pub mod save;

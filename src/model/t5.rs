@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu};
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use std::sync::Arc;
@@ -82,7 +82,7 @@ impl Linear {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.bf16 {
             Some(packed) => fused::bf16_linear(x, self.weight.clone(), packed.clone()),
-            None => linear(x, self.weight.clone(), None),
+            None => fused::frozen_linear(x, self.weight.clone()),
         }
     }
 }
