@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, relu, silu};
+use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, silu};
 use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
@@ -321,7 +321,7 @@ impl FeedForward {
             return self.wo.forward(fused::gated_gelu(h, g.forward(x)));
         }
         let h = match self.act {
-            Activation::Relu => relu(h),
+            Activation::Relu => fused::relu(h),
             Activation::GeluNew => gelu_approximate(h),
             Activation::Gelu => gelu(h),
             Activation::Silu => silu(h),
@@ -569,8 +569,12 @@ impl T5 {
             + Self::mask_bias(mask);
         let mut h = embeds.cast(self.dtype.dtype());
         for block in &self.encoder {
-            h = h.clone() + block.attn.forward(block.attn_norm.forward(h), None, &bias);
-            h = h.clone() + block.ff.forward(block.ff_norm.forward(h));
+            let attn = block
+                .attn
+                .forward(block.attn_norm.forward(h.clone()), None, &bias);
+            h = fused::residual_add(h, attn);
+            let ff = block.ff.forward(block.ff_norm.forward(h.clone()));
+            h = fused::residual_add(h, ff);
         }
         self.encoder_norm.forward(h)
     }
