@@ -7,22 +7,9 @@
 //!
 //! Prints milliseconds per product (median of 21) and GFLOP/s; no assertions.
 
-use std::time::Instant;
+mod common;
 
 use burn::tensor::{Distribution, Tensor};
-
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..21)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
-}
 
 fn report(what: &str, [m, k, n]: [usize; 3], ms: f64) {
     let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
@@ -45,7 +32,7 @@ fn main() {
             ("dense, transposed view", view),
             ("dense, row-major copy", copy),
         ] {
-            let ms = median_ms(|| {
+            let ms = common::median_ms(21, || {
                 let _ = x.clone().matmul(w.clone()).into_data();
             });
             report(what, [m, k, n], ms);
@@ -59,7 +46,7 @@ fn main() {
             ("head, burn's product", false),
         ] {
             ept::model::fused::set_enabled(fused);
-            let ms = median_ms(|| {
+            let ms = common::median_ms(21, || {
                 let _ = ept::model::fused::few_rows_matmul(x.clone(), head.clone()).into_data();
             });
             report(what, [m, 512, 32128], ms);

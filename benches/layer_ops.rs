@@ -9,23 +9,10 @@
 //!
 //! Prints milliseconds (median of 11); no assertions.
 
-use std::time::Instant;
+mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use ept::model::fused;
-
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
-}
 
 type Dense = fn(Tensor<3>, Tensor<2>) -> Tensor<3>;
 type Attention = fn(Tensor<3>, Tensor<3>, Tensor<3>, Tensor<4>, usize) -> Tensor<3>;
@@ -46,7 +33,7 @@ fn main() {
     let bias: Tensor<4> = Tensor::random([1, h, t, t], n, &device);
 
     let time = |what: &str, f: &dyn Fn() -> Tensor<1>| {
-        let ms = median_ms(|| {
+        let ms = common::median_ms(11, || {
             let _ = f().backward();
         });
         println!("{what:44} {ms:8.2} ms");

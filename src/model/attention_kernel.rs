@@ -106,6 +106,45 @@ unsafe fn product(
     }
 }
 
+/// One (example, head) pair's place in the buffers.
+#[derive(Clone, Copy)]
+struct Pair {
+    /// The pair's number, `b·heads + h`: its block's place.
+    index: usize,
+    /// Example and head.
+    b: usize,
+    h: usize,
+    /// Offsets of the head's first element in `q` (and the output) and in `k`, `v`.
+    q_off: usize,
+    k_off: usize,
+}
+
+/// Runs `task` for every (example, head) pair on rayon's threads, with a
+/// pointer to the pair's `t_q × t_k` block: in `kept` when the caller keeps
+/// the blocks, else in a per-thread scratch block.
+fn for_each_pair(dims: Dims, kept: Option<Shared>, task: impl Fn(Pair, *mut f32) + Sync) {
+    let (inner, block) = (dims.inner(), dims.q_len * dims.k_len);
+    let scratch_len = if kept.is_some() { 0 } else { block };
+    (0..dims.pairs()).into_par_iter().for_each_init(
+        || vec![0f32; scratch_len],
+        |scratch, index| {
+            let (b, h) = (index / dims.heads, index % dims.heads);
+            let pair = Pair {
+                index,
+                b,
+                h,
+                q_off: b * dims.q_len * inner + h * dims.d_kv,
+                k_off: b * dims.k_len * inner + h * dims.d_kv,
+            };
+            let block_ptr = match kept {
+                Some(ptr) => ptr.at(index * block),
+                None => scratch.as_mut_ptr(),
+            };
+            task(pair, block_ptr)
+        },
+    );
+}
+
 /// The forward pass: the output `[b, t_q, h·d]`, and the probabilities
 /// `[b, h, t_q, t_k]` when `keep_probs` (for the backward pass; else they
 /// live in a per-thread scratch block and an empty vector is returned).
@@ -118,11 +157,7 @@ pub fn forward(
     keep_probs: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let Dims {
-        heads,
-        q_len,
-        k_len,
-        d_kv,
-        ..
+        q_len, k_len, d_kv, ..
     } = dims;
     let inner = dims.inner();
     check_lengths(q, k, v, dims);
@@ -136,15 +171,13 @@ pub fn forward(
     let mut probs = Vec::with_capacity(probs_len);
     let out_ptr = Shared(out.as_mut_ptr());
     let probs_ptr = keep_probs.then_some(Shared(probs.as_mut_ptr()));
-    (0..dims.pairs()).into_par_iter().for_each_init(
-        || vec![0f32; if keep_probs { 0 } else { block }],
-        |scratch, pair| {
-            let (b, h) = (pair / heads, pair % heads);
-            let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
-            let p_ptr = match probs_ptr {
-                Some(ptr) => ptr.at(pair * block),
-                None => scratch.as_mut_ptr(),
-            };
+    for_each_pair(
+        dims,
+        probs_ptr,
+        |Pair {
+             b, h, q_off, k_off, ..
+         },
+         p_ptr| {
             // SAFETY: the operands lie inside q, k, v (rows of `inner`
             // elements, this head's `d_kv` columns); p is this task's own
             // block, and the output columns of (b, h) are written by this
@@ -210,11 +243,7 @@ pub fn backward(
     bias_grad: bool,
 ) -> Gradients {
     let Dims {
-        heads,
-        q_len,
-        k_len,
-        d_kv,
-        ..
+        q_len, k_len, d_kv, ..
     } = dims;
     let inner = dims.inner();
     check_lengths(q, k, v, dims);
@@ -240,17 +269,18 @@ pub fn backward(
         Shared(dv.as_mut_ptr()),
     );
     let ds_ptr = scores.as_mut().map(|s| Shared(s.as_mut_ptr()));
-    (0..dims.pairs()).into_par_iter().for_each_init(
-        || vec![0f32; if bias_grad { 0 } else { block }],
-        |scratch, pair| {
-            let (b, h) = (pair / heads, pair % heads);
-            let (q_off, k_off) = (b * q_len * inner + h * d_kv, b * k_len * inner + h * d_kv);
-            let p = &probs[pair * block..(pair + 1) * block];
-            // dS goes to the caller's buffer when the bias wants it, else to scratch.
-            let ds_ptr = match ds_ptr {
-                Some(ptr) => ptr.at(pair * block),
-                None => scratch.as_mut_ptr(),
-            };
+    // dS goes to the caller's buffer when the bias wants it, else to scratch.
+    for_each_pair(
+        dims,
+        ds_ptr,
+        |Pair {
+             index,
+             q_off,
+             k_off,
+             ..
+         },
+         ds_ptr| {
+            let p = &probs[index * block..(index + 1) * block];
             // SAFETY: as in `forward`: operands inside their buffers, each
             // task writing only its own head's columns and its own block.
             unsafe {
@@ -278,10 +308,7 @@ pub fn backward(
                 let ds = std::slice::from_raw_parts_mut(ds_ptr, block);
                 // dS = P ⊙ (dP − Σ_j dP⊙P), row by row
                 for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
-                    let dot: f32 = ds_row.iter().zip(p_row).map(|(g, p)| g * p).sum();
-                    for (g, &p) in ds_row.iter_mut().zip(p_row) {
-                        *g = p * (*g - dot);
-                    }
+                    super::fused::softmax_backward_row(ds_row, p_row);
                 }
                 // dQ = dS·K
                 product(

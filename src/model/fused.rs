@@ -476,11 +476,8 @@ impl FusedOps for Flex {
                     .zip(ps.chunks_exact(k))
                     .zip(gs.chunks_exact(k))
                 {
-                    // ds = p ⊙ (g − Σ g⊙p)
-                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                        *o = p * (g - dot);
-                    }
+                    o.copy_from_slice(g);
+                    softmax_backward_row(o, p);
                 }
             });
         flex_tensor(out, shape)
@@ -830,6 +827,15 @@ fn gelu_new_and_slope(a: f32) -> (f32, f32) {
     )
 }
 
+/// The gradient of a softmax row with respect to its input, in place of the
+/// gradient `g` with respect to its output `p`: `g ← p ⊙ (g − Σ g⊙p)`.
+pub(crate) fn softmax_backward_row(g: &mut [f32], p: &[f32]) {
+    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+    for (g, &p) in g.iter_mut().zip(p) {
+        *g = p * (*g - dot);
+    }
+}
+
 /// `softmax(s + b)` of every `k`-long row of `s` and `b` into `p`.
 fn softmax_rows(p: &mut [f32], s: &[f32], b: &[f32], k: usize) {
     p.copy_from_slice(s);
@@ -1009,24 +1015,6 @@ impl<B: Backend + FusedOps> Backward<B, 1> for Bf16LinearStep {
     }
 }
 
-/// The backward step of [`FusedOps::few_rows_matmul`] under autodiff: the
-/// input gradient `grad·wᵀ` ([`FusedOps::frozen_linear_backward`]: many
-/// columns, no few-rows shape); keeps the frozen weight only.
-#[derive(Debug)]
-struct FewRowsStep;
-
-impl<B: Backend + FusedOps> Backward<B, 1> for FewRowsStep {
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [a_node] = ops.parents;
-        if let Some(node) = a_node {
-            grads.register::<B>(node.id, B::frozen_linear_backward(grad, ops.state));
-        }
-    }
-}
-
 /// The backward step of [`FusedOps::fused_relu`] under autodiff; keeps the output.
 #[derive(Debug)]
 struct ReluStep;
@@ -1064,8 +1052,10 @@ impl<B: Backend> Backward<B, 2> for ResidualAddStep {
     }
 }
 
-/// The backward step of [`FusedOps::frozen_linear`] under autodiff; keeps the
-/// (frozen, shared) weight only, never the layer's input.
+/// The backward step of [`FusedOps::frozen_linear`] and
+/// [`FusedOps::few_rows_matmul`] under autodiff: the input gradient `grad·wᵀ`
+/// ([`FusedOps::frozen_linear_backward`]); keeps the (frozen, shared) weight
+/// only, never the layer's input.
 #[derive(Debug)]
 struct FrozenLinearStep;
 
@@ -1112,6 +1102,27 @@ impl<B: Backend + FusedOps> Backward<B, 4> for AttentionStep {
                 grads.register::<B>(node.id, g);
             }
         }
+    }
+}
+
+/// `product(x, w)` under autodiff for a frozen weight `w`: the gradient
+/// reaches `x` only ([`FrozenLinearStep`], which keeps `w`).
+fn frozen_weight_product<B: Backend + FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<Autodiff<B, C>>,
+    product: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let prep = FrozenLinearStep
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful();
+    let (x, w) = (x.into_primitive(), w.into_primitive());
+    match prep {
+        OpsKind::Tracked(prep) => {
+            let out = product(x, w.clone());
+            prep.finish(w, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(product(x, w)),
     }
 }
 
@@ -1250,18 +1261,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn frozen_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = FrozenLinearStep
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful();
-        let (x, w) = (x.into_primitive(), w.into_primitive());
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let out = B::frozen_linear(x, w.clone());
-                prep.finish(w, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::frozen_linear(x, w)),
-        }
+        frozen_weight_product::<B, C>(x, w, B::frozen_linear)
     }
 
     fn frozen_linear_backward(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1272,18 +1272,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = FewRowsStep
-            .prepare::<C>([a.node()])
-            .compute_bound()
-            .stateful();
-        let (a, w) = (a.into_primitive(), w.into_primitive());
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let out = B::few_rows_matmul(a, w.clone());
-                prep.finish(w, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::few_rows_matmul(a, w)),
-        }
+        frozen_weight_product::<B, C>(a, w, B::few_rows_matmul)
     }
 
     fn multi_head_attention(
