@@ -16,6 +16,7 @@ use ept::model::fused;
 
 type Dense = fn(Tensor<3>, Tensor<2>) -> Tensor<3>;
 type Attention = fn(Tensor<3>, Tensor<3>, Tensor<3>, Tensor<4>, usize) -> Tensor<3>;
+type CrossAttention = fn(Tensor<3>, Tensor<3>, Tensor<2>, Tensor<2>, Tensor<4>, usize) -> Tensor<3>;
 type Unary = fn(Tensor<3>) -> Tensor<3>;
 type Binary = fn(Tensor<3>, Tensor<3>) -> Tensor<3>;
 
@@ -72,6 +73,20 @@ fn main() {
         time(&format!("attention, {what}"), &|| {
             let [q, k, v] = [0, 1, 2].map(|_| x.clone().require_grad());
             attention(q, k, v, bias.clone(), h).sum()
+        });
+    }
+    // The decoder's cross-attention: 4 target positions over the encoder
+    // output, the key and value projections included.
+    let q_dec: Tensor<3> = Tensor::random([b, 4, d], n, &device);
+    let mask_bias: Tensor<4> = Tensor::zeros([b, 1, 1, t], &device);
+    let versions: [(&str, CrossAttention); 2] = [
+        ("ept kernel", fused::cross_attention),
+        ("burn ops", fused::cross_attention_reference),
+    ];
+    for (what, cross) in versions {
+        time(&format!("cross-attention 4 x 228, {what}"), &|| {
+            let (q, enc) = (q_dec.clone().require_grad(), x.clone().require_grad());
+            cross(q, enc, w_dd.clone(), w_dd.clone(), mask_bias.clone(), h).sum()
         });
     }
     let versions: [(&str, Unary); 2] = [

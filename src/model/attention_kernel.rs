@@ -54,7 +54,7 @@ pub struct Bias<'a> {
 
 impl Bias<'_> {
     /// The `k_len` values added to row `row` of head `head` of example `b`.
-    fn row(&self, b: usize, head: usize, row: usize, k_len: usize) -> &[f32] {
+    pub(super) fn row(&self, b: usize, head: usize, row: usize, k_len: usize) -> &[f32] {
         let [sb, sh, sr, _] = self.strides;
         let start = b * sb + head * sh + row * sr;
         &self.values[start..start + k_len]
@@ -64,7 +64,7 @@ impl Bias<'_> {
 /// A raw pointer that rayon tasks share: each task writes a disjoint part
 /// (its head's columns, or its head's block of probabilities).
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub(super) *mut f32);
 // SAFETY: the tasks below write disjoint elements through it, and the buffer
 // outlives the parallel loop.
 unsafe impl Send for Shared {}
@@ -73,7 +73,7 @@ unsafe impl Sync for Shared {}
 impl Shared {
     /// The element `offset` places on (a method, so that closures capture
     /// the `Send` wrapper, not its raw pointer field).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
@@ -82,7 +82,7 @@ impl Shared {
 ///
 /// # Safety
 /// As [`product_raw`].
-unsafe fn product(
+pub(super) unsafe fn product(
     mnk: [usize; 3],
     dst: *mut f32,
     dst_rs: usize,

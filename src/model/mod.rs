@@ -7,6 +7,7 @@ pub mod amx;
 pub mod attention_kernel;
 pub mod batch;
 pub mod config;
+pub mod cross_attention_kernel;
 pub mod fused;
 pub mod matmul;
 pub mod random;

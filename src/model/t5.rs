@@ -79,6 +79,11 @@ impl Linear {
         Ok(Linear::new(t.transpose(), ctx.dtype))
     }
 
+    /// The weight when the layer multiplies in f32 (not bf16-mixed).
+    fn f32_weight(&self) -> Option<&Tensor<2>> {
+        self.bf16.is_none().then_some(&self.weight)
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.bf16 {
             Some(packed) => fused::bf16_linear(x, self.weight.clone(), packed.clone()),
@@ -166,6 +171,27 @@ impl Attention {
     /// Self- or cross-attention over a whole sequence; `bias` (f32) holds the
     /// position bias and the masks, broadcastable to `[b, heads, t_q, t_k]`.
     pub fn forward(&self, x: Tensor<3>, kv: Option<Tensor<3>>, bias: &Tensor<4>) -> Tensor<3> {
+        let q_len = x.dims()[1];
+        let d_kv = self.k.weight.dims()[1] / self.n_heads;
+        if let (Some(enc), Some(w_k), Some(w_v)) = (&kv, self.k.f32_weight(), self.v.f32_weight()) {
+            // Few queries (classification targets) against a long encoder
+            // output: the projections folded into the queries cost about
+            // t_q / d_kv of projecting the keys and values (see
+            // `cross_attention_kernel`); a quarter of d_kv leaves margin for
+            // the smaller products' overheads.
+            if 4 * q_len <= d_kv {
+                let q = self.q.forward(x);
+                let out = fused::cross_attention(
+                    q,
+                    enc.clone(),
+                    w_k.clone(),
+                    w_v.clone(),
+                    bias.clone(),
+                    self.n_heads,
+                );
+                return self.o.forward(out);
+            }
+        }
         let src = kv.unwrap_or_else(|| x.clone());
         let q = self.q.forward(x);
         let k = self.k.forward(src.clone());
