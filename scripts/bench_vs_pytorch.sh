@@ -5,19 +5,23 @@
 #
 #   scripts/bench_vs_pytorch.sh [--full] [--v11] [--steps N] [--warmup W]
 #                               [--threads T] [--attn sdpa|eager] [--out DIR]
-#                               [--dtype f32|bf16-mixed]
+#                               [--dtype f32|bf16-mixed] [--rounds R]
 #
 # Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
 # fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
 # 8 x 256; --v11 adds T5 v1.1-small (gated-GELU) PT and EPT at 16 x 128. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
 # burn-flex, torch.set_num_threads for PyTorch; default 2). --out keeps the
 # JSON reports. --dtype bf16-mixed runs both sides in bf16 mixed precision
-# (ept `--dtype bf16-mixed`, PyTorch under torch.autocast(cpu, bfloat16)). EPT_BIN overrides the ept binary (default target/release/ept,
+# (ept `--dtype bf16-mixed`, PyTorch under torch.autocast(cpu, bfloat16)).
+# --rounds R (default 1) repeats every workload R times, ept then PyTorch each
+# round, and reports each side's median over the rounds and the median of the
+# per-round ratios: on a noisy shared machine the two runs of one round see
+# the same conditions, so the paired ratio is steadier than either time. EPT_BIN overrides the ept binary (default target/release/ept,
 # built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 ATTN=sdpa OUT=""
+STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 ATTN=sdpa OUT="" ROUNDS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
@@ -28,6 +32,7 @@ while [ $# -gt 0 ]; do
         --dtype) DTYPE="$2"; shift ;;
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
         -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -44,25 +49,42 @@ if [ "$V11" = 1 ]; then
     WORKLOADS+=("t5-v1_1-small pt" "t5-v1_1-small ept")
 fi
 
-for w in "${WORKLOADS[@]}"; do
-    read -r shape method <<<"$w"
-    echo "== $shape $method: ept" >&2
-    "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" \
-        --dtype "$DTYPE" --json >"$OUT/ept-$shape-$method.json"
-    echo "== $shape $method: PyTorch" >&2
-    python3 scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
-        --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" --json \
-        >"$OUT/torch-$shape-$method.json"
+for round in $(seq 1 "$ROUNDS"); do
+    for w in "${WORKLOADS[@]}"; do
+        read -r shape method <<<"$w"
+        echo "== round $round, $shape $method: ept" >&2
+        "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" \
+            --dtype "$DTYPE" --json >"$OUT/ept-$shape-$method-$round.json"
+        echo "== round $round, $shape $method: PyTorch" >&2
+        python3 scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
+            --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" --json \
+            >"$OUT/torch-$shape-$method-$round.json"
+    done
 done
 
-python3 - "$OUT" "$STEPS" "$WARMUP" "$THREADS" "$DTYPE" "${WORKLOADS[@]}" <<'PY'
-import json, os, platform, subprocess, sys, datetime
+python3 - "$OUT" "$STEPS" "$WARMUP" "$THREADS" "$DTYPE" "$ROUNDS" "${WORKLOADS[@]}" <<'PY'
+import json, os, platform, statistics, subprocess, sys, datetime
 
-out, steps, warmup, threads, dtype, *workloads = sys.argv[1:]
+out, steps, warmup, threads, dtype, rounds, *workloads = sys.argv[1:]
+rounds = int(rounds)
 
 def load(side, shape, method):
-    with open(os.path.join(out, f"{side}-{shape}-{method}.json")) as f:
-        return json.load(f)
+    """The side's report for the workload, its numbers the medians over the rounds."""
+    runs = []
+    for r in range(1, rounds + 1):
+        with open(os.path.join(out, f"{side}-{shape}-{method}-{r}.json")) as f:
+            runs.append(json.load(f))
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(run[key] for run in runs)
+    merged["min_s"] = min(run["min_s"] for run in runs)
+    merged["rounds"] = [run["median_s"] for run in runs]
+    return merged
+
+def paired_ratio(e, t):
+    """Median over the rounds of ept's step ÷ PyTorch's step in the same round."""
+    return statistics.median(a / b for a, b in zip(e["rounds"], t["rounds"]))
 
 def cpu():
     try:
@@ -80,7 +102,9 @@ for w in workloads:
 
 first_e, first_t = next(iter(runs.values()))
 print(f"{datetime.date.today()}, {cpu()}, {os.cpu_count()} CPUs visible, {threads} threads each side; "
-      f"{steps} measured steps after {warmup} warm-up; precision {dtype} on both sides.")
+      f"{steps} measured steps after {warmup} warm-up; precision {dtype} on both sides; "
+      f"{rounds} round(s), ept then PyTorch in each (step times: medians over the rounds; "
+      f"ratio: median of the per-round ratios).")
 print(f"ept: {first_e['implementation']}, allocator: {first_e['allocator']}; "
       f"threads asked {first_e['threads']}, in the process {first_e.get('process_threads', '?')}.")
 print(f"PyTorch: {first_t['implementation']}, attention `{first_t.get('attn_implementation', '?')}`, "
@@ -94,7 +118,7 @@ for (shape, method), (e, t) in runs.items():
     name = {"pt": f"PT l={s['l']}", "ept": f"EPT s={s['s']} r={s['r']}", "none": "no prompt"}[method]
     label = f"{shape} {name} ({s['batch']}×{s['len']})"
     print(f"| {label} | {e['median_s']:.3f} (min {e['min_s']:.3f}) | {t['median_s']:.3f} (min {t['min_s']:.3f}) "
-          f"| {e['median_s'] / t['median_s']:.2f} | {e['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} "
+          f"| {paired_ratio(e, t):.2f} | {e['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} "
           f"| {e['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} | {e['peak_rss_mib'] / t['peak_rss_mib']:.2f} |")
 print()
 print("Forward / backward medians (s); memory before the model was built (PyTorch: after importing torch).")
@@ -113,6 +137,6 @@ if pairs:
     print("|---|---|---|---|---|")
     for s in pairs:
         (ep, tp), (ee, te) = runs[(s, "pt")], runs[(s, "ept")]
-        print(f"| {s} | {ee['median_s'] / ep['median_s']:.2f} | {te['median_s'] / tp['median_s']:.2f} "
+        print(f"| {s} | {paired_ratio(ee, ep):.2f} | {paired_ratio(te, tp):.2f} "
               f"| {ee['peak_rss_mib'] / ep['peak_rss_mib']:.2f} | {te['peak_rss_mib'] / tp['peak_rss_mib']:.2f} |")
 PY

@@ -73,6 +73,19 @@ def main():
 
     time_it("attention, PyTorch sdpa", sdpa)
     time_it("attention, PyTorch eager (T5's ops)", eager)
+    q_dec = torch.randn(b, 4, d)
+    mask_bias = torch.zeros(b, 1, 1, t)
+
+    def cross():
+        # The decoder's cross-attention as transformers computes it: the
+        # encoder output projected to keys and values, then attention.
+        q, enc = leaf(q_dec), leaf(x)
+        k, v = F.linear(enc, w_dd), F.linear(enc, w_dd)
+        qs = q.view(b, 4, h, dk).transpose(1, 2)
+        out = F.scaled_dot_product_attention(qs, split(k), split(v), attn_mask=mask_bias, scale=1.0)
+        return out.transpose(1, 2).reshape(b, 4, d).sum()
+
+    time_it("cross-attention 4 x 228, PyTorch sdpa", cross)
     time_it("relu [b,t,2048], PyTorch", lambda: torch.relu(leaf(up) * 1.0).sum())
     time_it("residual add, PyTorch", lambda: (leaf(x) + leaf(x) * 1.0).sum())
 

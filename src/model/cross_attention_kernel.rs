@@ -26,6 +26,11 @@
 //! d enc = Σ_h P_hᵀ·dZ_h + dS_hᵀ·U_h          (one product over all heads)
 //! ```
 //!
+//! `cargo bench --bench layer_ops` (4 target positions over 16 × 228, forward
+//! and backward, projections included): 15.4 ms here, 55.8 ms projecting the
+//! keys and values; PyTorch's sdpa with the projections 108.1 ms
+//! (`scripts/layer_ops_pytorch.py`; 2026-11-28, 2 vCPUs).
+//!
 //! Each example is one rayon task; within it the heads' rows are stacked
 //! (`[heads·t_q, ·]`) so that the products against `enc` are one each.
 //! Shapes: `q` `[b, t_q, h·d_kv]`, `enc` `[b, t_k, d]`, `W_k`, `W_v`
