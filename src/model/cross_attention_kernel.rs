@@ -128,9 +128,7 @@ pub fn forward(
     let Dims {
         q_len,
         k_len,
-        d_kv,
         d_model: d,
-        heads,
         ..
     } = dims;
     let (inner, rows) = (dims.inner(), dims.rows());
@@ -178,17 +176,7 @@ pub fn forward(
         // task only.
         unsafe {
             // U_h = Q_h·W_k,hᵀ, the heads stacked
-            for h in 0..heads {
-                product(
-                    [q_len, d, d_kv],
-                    u_e.add(h * q_len * d),
-                    d,
-                    q_e[h * d_kv..].as_ptr(),
-                    [inner, 1],
-                    w_k.head(h, d_kv),
-                    w_k.strides(true),
-                );
-            }
+            heads_times_weight_t(u_e, q_e, w_k, dims);
             // S = U·encᵀ, all heads in one product
             product([rows, k_len, d], p_e, k_len, u_e, [d, 1], enc_e, [1, d]);
             let p = std::slice::from_raw_parts_mut(p_e, p_block);
@@ -208,17 +196,7 @@ pub fn forward(
                 [d, 1],
             );
             // O_h = Z_h·W_v,h, into the head's columns
-            for h in 0..heads {
-                product(
-                    [q_len, d_kv, d],
-                    out_ptr.at(e * q_len * inner + h * d_kv),
-                    inner,
-                    z[h * q_len * d..].as_ptr(),
-                    [d, 1],
-                    w_v.head(h, d_kv),
-                    w_v.strides(false),
-                );
-            }
+            stacked_times_weight(out_ptr.at(e * q_len * inner), z, w_v, dims);
         }
     });
     // SAFETY: the tasks wrote every element of the three (every example's
@@ -232,21 +210,21 @@ pub fn forward(
 }
 
 /// The gradients of [`forward`] with respect to `q` and `enc`, from the
-/// output gradient `grad` (`[b, t_q, h·d_kv]`) and what the forward pass kept.
+/// output gradient `grad` (`[b, t_q, h·d_kv]`) and what the forward pass kept
+/// ([`Saved`]'s probabilities and `U`).
 pub fn backward(
     enc: &[f32],
     w_k: Weight,
     w_v: Weight,
-    saved: &Saved,
+    probs: &[f32],
+    u: &[f32],
     grad: &[f32],
     dims: Dims,
 ) -> (Vec<f32>, Vec<f32>) {
     let Dims {
         q_len,
         k_len,
-        d_kv,
         d_model: d,
-        heads,
         ..
     } = dims;
     let (inner, rows) = (dims.inner(), dims.rows());
@@ -254,11 +232,11 @@ pub fn backward(
     w_k.check(dims, "W_k");
     w_v.check(dims, "W_v");
     assert_eq!(
-        saved.probs.len(),
+        probs.len(),
         dims.probs_len(),
         "cross attention: probabilities"
     );
-    assert_eq!(saved.u.len(), dims.u_len(), "cross attention: U");
+    assert_eq!(u.len(), dims.u_len(), "cross attention: U");
     if k_len == 0 || d == 0 {
         return (vec![0.0; grad.len()], vec![0.0; enc.len()]);
     }
@@ -274,25 +252,15 @@ pub fn backward(
         let (pds, du) = rest.split_at_mut(2 * p_block);
         let g_e = &grad[e * q_len * inner..];
         let enc_e = enc[e * k_len * d..].as_ptr();
-        zu[u_block..].copy_from_slice(&saved.u[e * u_block..(e + 1) * u_block]);
+        zu[u_block..].copy_from_slice(&u[e * u_block..(e + 1) * u_block]);
         let (p, ds) = pds.split_at_mut(p_block);
-        p.copy_from_slice(&saved.probs[e * p_block..(e + 1) * p_block]);
+        p.copy_from_slice(&probs[e * p_block..(e + 1) * p_block]);
         // SAFETY: as in `forward`: operands inside their buffers (checked
         // lengths), the scratch this thread's own, the rows of dq and denc
         // of example e written by this task only.
         unsafe {
             // dZ_h = dO_h·W_v,hᵀ, the heads stacked
-            for h in 0..heads {
-                product(
-                    [q_len, d, d_kv],
-                    zu[h * q_len * d..].as_mut_ptr(),
-                    d,
-                    g_e[h * d_kv..].as_ptr(),
-                    [inner, 1],
-                    w_v.head(h, d_kv),
-                    w_v.strides(true),
-                );
-            }
+            heads_times_weight_t(zu.as_mut_ptr(), g_e, w_v, dims);
             // dP = dZ·encᵀ
             product(
                 [rows, k_len, d],
@@ -331,17 +299,7 @@ pub fn backward(
                 [d, 1],
             );
             // dQ_h = dU_h·W_k,h, into the head's columns
-            for h in 0..heads {
-                product(
-                    [q_len, d_kv, d],
-                    dq_ptr.at(e * q_len * inner + h * d_kv),
-                    inner,
-                    du[h * q_len * d..].as_ptr(),
-                    [d, 1],
-                    w_k.head(h, d_kv),
-                    w_k.strides(false),
-                );
-            }
+            stacked_times_weight(dq_ptr.at(e * q_len * inner), du, w_k, dims);
         }
     });
     // SAFETY: the tasks wrote every element of both.
@@ -350,6 +308,55 @@ pub fn backward(
         denc.set_len(enc.len());
     }
     (dq, denc)
+}
+
+/// `X_h·W_hᵀ` for every head of one example, the heads stacked into `dst`
+/// (`[heads·t_q, d]`): `x` is the example's rows of `h·d_kv` (its queries, or
+/// the output's gradient), `W_h` the head's `d_kv` columns of `w`.
+///
+/// # Safety
+/// `x` holds `t_q` rows of `h·d_kv` and `dst` room for `heads·t_q·d` floats
+/// that no other thread touches; `w` passed [`Weight::check`].
+unsafe fn heads_times_weight_t(dst: *mut f32, x: &[f32], w: Weight, dims: Dims) {
+    let (t_q, d, d_kv) = (dims.q_len, dims.d_model, dims.d_kv);
+    for h in 0..dims.heads {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            product(
+                [t_q, d, d_kv],
+                dst.add(h * t_q * d),
+                d,
+                x[h * d_kv..].as_ptr(),
+                [dims.inner(), 1],
+                w.head(h, d_kv),
+                w.strides(true),
+            )
+        };
+    }
+}
+
+/// `Y_h·W_h` for every head of one example, from the heads stacked in `y`
+/// (`[heads·t_q, d]`) into each head's columns of `dst`'s rows of `h·d_kv`.
+///
+/// # Safety
+/// `y` holds `heads·t_q·d` floats, `dst` `t_q` rows of `h·d_kv` that no other
+/// thread touches; `w` passed [`Weight::check`].
+unsafe fn stacked_times_weight(dst: *mut f32, y: &[f32], w: Weight, dims: Dims) {
+    let (t_q, d, d_kv) = (dims.q_len, dims.d_model, dims.d_kv);
+    for h in 0..dims.heads {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            product(
+                [t_q, d_kv, d],
+                dst.add(h * d_kv),
+                dims.inner(),
+                y[h * t_q * d..].as_ptr(),
+                [d, 1],
+                w.head(h, d_kv),
+                w.strides(false),
+            )
+        };
+    }
 }
 
 fn check_lengths(q: &[f32], enc: &[f32], dims: Dims) {

@@ -752,15 +752,12 @@ impl FusedOps for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let dims = cross_attention_dims(&grad, &enc, heads);
         let (w_k, w_v) = (forward_strides(w_k), forward_strides(w_v));
-        let saved = cross_attention_kernel::Saved {
-            probs: contiguous_f32(&probs).into_owned(),
-            u: contiguous_f32(&u).into_owned(),
-        };
         let (dq, denc) = cross_attention_kernel::backward(
             &contiguous_f32(&enc),
             weight_of(&w_k),
             weight_of(&w_v),
-            &saved,
+            &contiguous_f32(&probs),
+            &contiguous_f32(&u),
             &contiguous_f32(&grad),
             dims,
         );
