@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
