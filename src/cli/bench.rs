@@ -42,8 +42,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Precision of the frozen model: f32, bf16 (every tensor) or bf16-mixed
-    /// (bf16 dense layers with f32 sums, on AMX tiles where the CPU has them;
-    /// EPT_NO_AMX=1 takes the portable path).
+    /// (bf16 dense layers with f32 sums, on AMX tiles or AVX512-BF16 where
+    /// the CPU has them; EPT_BF16_KERNEL=amx|avx512bf16|portable picks one).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON object instead of the table.

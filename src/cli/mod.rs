@@ -65,7 +65,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// Precision: f32 (default; bf16 checkpoints are upcast), bf16 or bf16-mixed
-    /// (bf16 dense layers with f32 sums; AMX tiles where the CPU has them).
+    /// (bf16 dense layers with f32 sums; AMX tiles or AVX512-BF16 where the CPU has them).
     #[arg(long)]
     pub dtype: Option<String>,
 }

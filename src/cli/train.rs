@@ -36,8 +36,8 @@ pub struct TrainArgs {
     #[arg(long)]
     revision: Option<String>,
     /// Precision of the frozen model: f32 (default), bf16 (every tensor) or bf16-mixed (bf16
-    /// dense layers with f32 sums, as PyTorch's bf16 autocast; AMX tiles where the CPU has
-    /// them). Prompts and optimizer state always stay in f32.
+    /// dense layers with f32 sums, as PyTorch's bf16 autocast; AMX tiles or AVX512-BF16 where
+    /// the CPU has them). Prompts and optimizer state always stay in f32.
     #[arg(long)]
     dtype: Option<String>,
     /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics; data from --data or the HF caches),

@@ -1,18 +1,21 @@
-//! bf16 matrix products on Intel AMX tiles, with f32 accumulation.
+//! bf16 matrix products on packed frozen weights, with f32 accumulation: on
+//! Intel AMX tiles, else on AVX512-BF16 dot products ([`super::dpbf16`]).
 //!
 //! Why: a frozen weight never changes, so it can be converted to bf16 and laid
 //! out for the hardware once, at load. On CPUs with AMX (Sapphire Rapids and
 //! later) one `tdpbf16ps` instruction multiplies a 16×32 bf16 tile by a 32×16
 //! one into 16×16 f32 accumulators: many times the f32 throughput of AVX-512
-//! FMAs. The activations are rounded to bf16 as they enter a product and the
+//! FMAs. CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake) read
+//! the same packed weight with `vdpbf16ps`, twice the multiply-adds of an f32
+//! FMA. The activations are rounded to bf16 as they enter a product and the
 //! sums stay in f32 — what PyTorch's bf16 autocast does for a linear layer.
 //!
 //! [`PackedB`] holds the right-hand matrix of `A·B` in the tile layout
-//! (pairs of rows interleaved, the "VNNI" layout the instruction reads);
-//! [`matmul`] multiplies a row-major f32 `A` by it. The instructions are
+//! (pairs of rows interleaved, the "VNNI" layout both instructions read);
+//! [`matmul`] multiplies a row-major f32 `A` by it. The AMX instructions are
 //! written as inline assembly (stable Rust has no AMX intrinsics) and used
-//! only after [`available`] has checked the CPU and asked Linux for
-//! permission to use the tile registers.
+//! only after [`kernel`] has checked the CPU and asked Linux for permission
+//! to use the tile registers.
 
 use std::arch::asm;
 use std::sync::OnceLock;
@@ -20,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use half::bf16;
 use rayon::prelude::*;
+
+use super::dpbf16;
 
 /// Rows of a tile, and f32 columns of an accumulator tile.
 const TILE_ROWS: usize = 16;
@@ -30,35 +35,58 @@ const BLOCK: usize = 32;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Whether the AMX kernels are used: the CPU has them and they are not
-/// turned off ([`set_enabled`], or `EPT_NO_AMX=1` in the environment).
+/// The hardware kernel that multiplies by a [`PackedB`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX-512 dot products of bf16 pairs (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+/// Whether a packed kernel is used: the CPU has one ([`kernel`]) and they
+/// are not turned off ([`set_enabled`]).
 pub fn available() -> bool {
     ENABLED.load(Ordering::Relaxed) && detected()
 }
 
-/// Turns the AMX kernels off (or back on) for the whole process; off, the
+/// Turns the packed kernels off (or back on) for the whole process; off, the
 /// bf16 products take the portable path with the same rounding. For
 /// benchmarks and for checking one path against the other.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Whether this CPU and kernel let the process use AMX bf16 tiles.
-///
-/// Checks CPUID (leaf 7: AMX-TILE and AMX-BF16) and asks Linux for the tile
-/// data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
+/// Whether this CPU has a packed kernel ([`kernel`]).
 pub fn detected() -> bool {
-    static DETECTED: OnceLock<bool> = OnceLock::new();
-    *DETECTED.get_or_init(|| {
+    kernel().is_some()
+}
+
+/// The packed kernel this process uses, chosen once: AMX when the CPU and
+/// kernel allow it, else AVX512-BF16, else none (the portable path).
+/// `EPT_BF16_KERNEL=amx|avx512bf16|portable` asks for one (a kernel this CPU
+/// lacks gives none); `EPT_NO_AMX=1`, the older spelling, means `portable`.
+pub fn kernel() -> Option<Kernel> {
+    static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
         if std::env::var_os("EPT_NO_AMX").is_some_and(|v| v != "0") {
-            return false;
+            return None;
         }
-        detect()
+        let asked = std::env::var("EPT_BF16_KERNEL").unwrap_or_default();
+        match asked.as_str() {
+            "portable" => None,
+            "amx" => amx_detected().then_some(Kernel::Amx),
+            "avx512bf16" => dpbf16::detected().then_some(Kernel::Avx512Bf16),
+            _ if amx_detected() => Some(Kernel::Amx),
+            _ => dpbf16::detected().then_some(Kernel::Avx512Bf16),
+        }
     })
 }
 
+/// Checks CPUID (leaf 7: AMX-TILE and AMX-BF16) and asks Linux for the tile
+/// data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn detect() -> bool {
+fn amx_detected() -> bool {
     let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
     let amx_bf16 = leaf7.edx & (1 << 22) != 0;
     let amx_tile = leaf7.edx & (1 << 24) != 0;
@@ -80,7 +108,7 @@ fn detect() -> bool {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
+fn amx_detected() -> bool {
     false
 }
 
@@ -149,6 +177,19 @@ impl PackedB {
         self.n
     }
 
+    /// Rows of `B` padded with zeros to a multiple of 32: the row stride of
+    /// the bf16 `A` the kernels read.
+    pub(super) fn k_pad(&self) -> usize {
+        self.k_pad
+    }
+
+    /// The 32 bf16 values of depth pair `p` for the 16 columns of group `g`
+    /// (`16·g..16·g + 16`): `B[2p][c], B[2p+1][c]` for each column `c`.
+    pub(super) fn pair_row(&self, g: usize, p: usize) -> &[u16] {
+        let start = self.block(g, 2 * p / TILE_K) + (p % (TILE_K / 2)) * TILE_K;
+        &self.data[start..start + TILE_K]
+    }
+
     /// `B[i][j]` as stored (the bf16 value, widened to f32).
     #[cfg(test)]
     fn get(&self, i: usize, j: usize) -> f32 {
@@ -188,11 +229,20 @@ impl PackedLinear {
 /// `A·B` for a row-major f32 `A` (`m × k`): the row-major `m × n` result.
 ///
 /// `A` is rounded to bf16; products are summed in f32. Panics if the shapes
-/// disagree or the CPU has no AMX ([`detected`]; callers check [`available`]).
+/// disagree or the CPU has no packed kernel ([`kernel`]; callers check [`available`]).
 pub fn matmul(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
+    let kernel = kernel().expect("no packed bf16 kernel on this CPU");
+    // SAFETY: `kernel` is what this CPU has.
+    unsafe { matmul_on(kernel, a, m, b) }
+}
+
+/// [`matmul`] on a given kernel.
+///
+/// # Safety
+/// The CPU has `kernel` (for AMX, with the tile permission granted).
+unsafe fn matmul_on(kernel: Kernel, a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     assert_eq!(a.len(), m * k, "A is not m × k");
-    assert!(detected(), "AMX is not available");
     // Every element is written once below: no zero fill first.
     let mut out = Vec::<f32>::with_capacity(m * n);
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
@@ -213,10 +263,16 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
             let (rc, cc) = (task / col_chunks, task % col_chunks);
             let rows = rc * ROW_CHUNK..(m.min((rc + 1) * ROW_CHUNK));
             let cols = cc * COL_CHUNK..(b.n_pad.min((cc + 1) * COL_CHUNK));
-            // SAFETY: `detected()` holds; every tile load reads inside `a16`
-            // (rows padded to 32, stride k_pad) or a whole block of `b.data`; the
-            // tasks write disjoint rectangles of `out`, each element once.
-            unsafe { rectangle(&a16, b, rows, cols, &out_ptr) }
+            // SAFETY: the CPU has `kernel`; every load reads inside `a16`
+            // (rows padded to 32, stride k_pad) or a whole block of `b.data`
+            // (ROW_CHUNK and COL_CHUNK are multiples of both kernels' tiles);
+            // the tasks write disjoint rectangles of `out`, each element once.
+            unsafe {
+                match kernel {
+                    Kernel::Amx => rectangle(&a16, b, rows, cols, &out_ptr),
+                    Kernel::Avx512Bf16 => dpbf16::rectangle(&a16, b, rows, cols, &out_ptr),
+                }
+            }
         });
     // SAFETY: the tasks above wrote all m × n elements.
     unsafe { out.set_len(m * n) };
@@ -224,7 +280,7 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
 }
 
 /// The result's base pointer, shared by tasks that write disjoint parts of it.
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: see `matmul`: tasks never write the same element.
 unsafe impl Sync for SendPtr {}
 
@@ -407,30 +463,51 @@ mod tests {
         assert!(bf16::from_bits(nan[0]).is_nan());
     }
 
-    #[test]
-    fn amx_matmul_matches_the_bf16_reference() {
-        if !detected() {
-            eprintln!("skipped: this CPU has no AMX (the portable path is tested elsewhere)");
-            return;
+    /// The packed kernels this CPU has, each tested on its own.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        if amx_detected() {
+            kernels.push(Kernel::Amx);
         }
-        // Ragged shapes: every padding path (m, k, n not multiples of 32).
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (33, 70, 45),
-            (64, 512, 96),
-            (100, 200, 300),
-            (300, 64, 40),
-        ] {
-            let a = random(m * k, 2);
-            let w = random(k * n, 3);
-            let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
-            let got = matmul(&a, m, &b);
-            let mut want = vec![0f32; m * n];
-            matmul_reference(&a, m, &b, &mut want);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                // Same products, summed in another order.
-                let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
-                assert!((g - w).abs() <= tol, "{m}×{k}×{n} [{idx}]: {g} vs {w}");
+        if dpbf16::detected() {
+            kernels.push(Kernel::Avx512Bf16);
+        }
+        if kernels.is_empty() {
+            eprintln!(
+                "skipped: this CPU has neither AMX nor AVX512-BF16 (the portable path is tested elsewhere)"
+            );
+        }
+        kernels
+    }
+
+    #[test]
+    fn packed_kernels_match_the_bf16_reference() {
+        // Ragged shapes: every padding path (m, k, n not multiples of 32),
+        // and more than one task's rectangle (m, n > 256).
+        for kernel in kernels_here() {
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (33, 70, 45),
+                (64, 512, 96),
+                (100, 200, 300),
+                (300, 64, 40),
+                (521, 40, 600),
+            ] {
+                let a = random(m * k, 2);
+                let w = random(k * n, 3);
+                let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
+                // SAFETY: kernels_here lists only what this CPU has.
+                let got = unsafe { matmul_on(kernel, &a, m, &b) };
+                let mut want = vec![0f32; m * n];
+                matmul_reference(&a, m, &b, &mut want);
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    // Same products, summed in another order.
+                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "{kernel:?} {m}×{k}×{n} [{idx}]: {g} vs {w}"
+                    );
+                }
             }
         }
     }

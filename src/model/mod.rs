@@ -8,6 +8,7 @@ pub mod attention_kernel;
 pub mod batch;
 pub mod config;
 pub mod cross_attention_kernel;
+pub mod dpbf16;
 pub mod fused;
 pub mod matmul;
 pub mod random;

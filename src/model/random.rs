@@ -228,7 +228,7 @@ mod tests {
     }
 
     /// Loss and gradient of the input embeddings through a random T5 of
-    /// `width` in `dtype`, with the AMX kernels on or off.
+    /// `width` in `dtype`, with the packed bf16 kernel (AMX or AVX512-BF16) on or off.
     fn loss_and_input_grad(dtype: FloatType, amx_on: bool, width: usize) -> (f32, Vec<f32>) {
         crate::model::amx::set_enabled(amx_on);
         let device = crate::runtime::cpu_device(true);
@@ -261,8 +261,9 @@ mod tests {
     }
 
     /// bf16-mixed precision at model level: the loss and the input gradient
-    /// stay near f32's, on the AMX tiles as on the portable path. The two
-    /// bf16 paths are not compared with each other directly: they round the
+    /// stay near f32's, on the packed kernel (AMX tiles or AVX512-BF16) as on
+    /// the portable path. The two bf16 paths are not compared with each
+    /// other directly: they round the
     /// same operands but sum in another order, and a sum that lands on the
     /// other side of a bf16 rounding boundary moves the next layer's input by
     /// a whole bf16 step, which the deep random model amplifies (measured

@@ -87,7 +87,8 @@ fn transformers_computes_the_same_losses_on_the_organism() {
 /// scripts/check_organism.py). Autocast rounds more than ept does (every
 /// product's inputs and outputs), so the tolerance is 5e-3 relative; the
 /// losses must also differ from f32's, or nothing was rounded. Run on the
-/// AMX tiles where this CPU has them, and on the portable path.
+/// packed kernel this CPU has (AMX tiles, else AVX512-BF16), and on the
+/// portable path.
 #[test]
 fn bf16_mixed_precision_is_close_to_torch_autocast() {
     let fixture = transformers_fixture();
@@ -223,7 +224,7 @@ fn prompt_tuning_on_the_organism_beats_the_majority_class() {
 }
 
 /// The same learning test for EPT with the frozen model in bf16 mixed
-/// precision (dense layers on AMX tiles where the CPU has them): the prompt
+/// precision (dense layers on AMX tiles or AVX512-BF16 where the CPU has them): the prompt
 /// and its optimizer stay in f32 and still learn.
 #[test]
 fn ept_learns_on_the_organism_in_bf16_mixed_precision() {
