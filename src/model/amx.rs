@@ -18,6 +18,7 @@
 //! to use the tile registers.
 
 use std::arch::asm;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -246,11 +247,17 @@ unsafe fn matmul_on(kernel: Kernel, a: &[f32], m: usize, b: &PackedB) -> Vec<f32
     // Every element is written once below: no zero fill first.
     let mut out = Vec::<f32>::with_capacity(m * n);
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
-    // A in bf16, rows padded to k_pad columns and to a multiple of 32 rows.
-    let mut a16 = vec![0u16; m_pad * b.k_pad];
-    a16.par_chunks_mut(b.k_pad)
-        .zip(a.par_chunks(k))
-        .for_each(|(dst, src)| round_row(src, dst));
+    // A in bf16, rows padded with zeros to k_pad columns and to a multiple
+    // of 32 rows; each element written once, in parallel (no serial zero
+    // fill of the whole buffer first).
+    let a16_len = m_pad * b.k_pad;
+    let mut a16 = Vec::<u16>::with_capacity(a16_len);
+    a16.spare_capacity_mut()[..a16_len]
+        .par_chunks_mut(b.k_pad)
+        .enumerate()
+        .for_each(|(i, dst)| round_row(a.get(i * k..(i + 1) * k).unwrap_or(&[]), dst));
+    // SAFETY: every row of the m_pad × k_pad buffer was written just above.
+    unsafe { a16.set_len(a16_len) };
     // Tasks are (rows, columns) rectangles of the result, small enough that
     // their share of A and of B (256 × k bf16 each) stays in the core's L2
     // while every 32 × 32 block of the rectangle is computed.
@@ -289,13 +296,16 @@ const ROW_CHUNK: usize = 256;
 /// Columns of `B` per task.
 const COL_CHUNK: usize = 256;
 
-/// One row of `A` to bf16: [`to_bf16`] written without branches, so that
-/// the compiler vectorises it.
-fn round_row(src: &[f32], dst: &mut [u16]) {
+/// One row of `A` to bf16, zeros after it to the end of `dst`: [`to_bf16`]
+/// written without branches, so that the compiler vectorises it.
+fn round_row(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
     for (d, s) in dst.iter_mut().zip(src) {
         let bits = s.to_bits();
         let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        *d = if s.is_nan() { 0x7fc0 } else { rounded };
+        d.write(if s.is_nan() { 0x7fc0 } else { rounded });
+    }
+    for d in dst.iter_mut().skip(src.len()) {
+        d.write(0);
     }
 }
 
@@ -438,6 +448,15 @@ mod tests {
         }
     }
 
+    /// [`round_row`] into a fresh buffer of `len` elements.
+    fn rounded(values: &[f32], len: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(len);
+        round_row(values, &mut out.spare_capacity_mut()[..len]);
+        // SAFETY: round_row wrote all `len` elements.
+        unsafe { out.set_len(len) };
+        out
+    }
+
     #[test]
     fn the_vectorised_rounding_is_half_s() {
         let mut values = random(4096, 4);
@@ -453,14 +472,13 @@ mod tests {
             1.0 + f32::EPSILON * 64.0, // a tie: rounds to even
             1.0 + f32::EPSILON * 192.0,
         ]);
-        let mut got = vec![0u16; values.len()];
-        round_row(&values, &mut got);
+        // Three more places than values: the padding must be zeros.
+        let got = rounded(&values, values.len() + 3);
         for (v, g) in values.iter().zip(&got) {
             assert_eq!(*g, to_bf16(*v), "{v:e}");
         }
-        let mut nan = [0u16];
-        round_row(&[f32::NAN], &mut nan);
-        assert!(bf16::from_bits(nan[0]).is_nan());
+        assert_eq!(got[values.len()..], [0, 0, 0]);
+        assert!(bf16::from_bits(rounded(&[f32::NAN], 1)[0]).is_nan());
     }
 
     /// The packed kernels this CPU has, each tested on its own.
