@@ -218,6 +218,9 @@ pub struct BenchReport {
     pub allocator: String,
     /// "fused" or "plain": whether the fused CPU kernels were on ([`crate::model::fused`]).
     pub kernels: String,
+    /// In bf16-mixed precision, the dense layers' path: "amx", "avx512bf16"
+    /// or "portable" ([`crate::model::amx::kernel`]); empty otherwise.
+    pub bf16_kernel: String,
     /// Every measured step, in order (warm-up excluded).
     pub step_s: Vec<f64>,
     pub median_s: f64,
@@ -452,6 +455,10 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
         allocator: allocator.to_string(),
         kernels: crate::model::fused::kernels_name().to_string(),
+        bf16_kernel: match settings.dtype {
+            FloatType::Bf16Mixed => crate::model::amx::path_name().to_string(),
+            _ => String::new(),
+        },
         min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),
         mean_s: step_s.iter().sum::<f64>() / step_s.len() as f64,
         median_s,
@@ -508,6 +515,9 @@ impl BenchReport {
         );
         row("allocator", self.allocator.clone());
         row("kernels", self.kernels.clone());
+        if !self.bf16_kernel.is_empty() {
+            row("bf16 products", self.bf16_kernel.clone());
+        }
         row(
             "steps",
             format!("{} measured after {} warm-up", s.steps, s.warmup),

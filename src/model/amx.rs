@@ -84,6 +84,17 @@ pub fn kernel() -> Option<Kernel> {
     })
 }
 
+/// The path bf16-mixed products take in this process, for reports:
+/// `amx`, `avx512bf16` or `portable`.
+pub fn path_name() -> &'static str {
+    match kernel() {
+        _ if !available() => "portable",
+        Some(Kernel::Amx) => "amx",
+        Some(Kernel::Avx512Bf16) => "avx512bf16",
+        None => "portable",
+    }
+}
+
 /// Checks CPUID (leaf 7: AMX-TILE and AMX-BF16) and asks Linux for the tile
 /// data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

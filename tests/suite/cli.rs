@@ -482,3 +482,40 @@ fn eval_bench_predicts_the_same_whatever_the_padding() {
     let e = error_of(&["bench", "--task", "sst2", "--eval", "beam"]);
     assert!(e.contains("generate or rank"), "{e}");
 }
+
+/// The kernel-level benchmark says which path bf16-mixed products took, and
+/// `EPT_BF16_KERNEL=portable` forces the portable one; in f32 it says none.
+#[test]
+fn kernel_bench_reports_the_bf16_path() {
+    let run = |dtype: &str, env: &[(&str, &str)]| {
+        let args = [
+            "bench", "--batch", "1", "--len", "8", "--l", "4", "--steps", "1", "--warmup", "0",
+            "--dtype", dtype, "--json",
+        ];
+        let out = common::ept_env(&args, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["loss"].as_f64().unwrap().is_finite());
+        report["bf16_kernel"].as_str().unwrap().to_string()
+    };
+    assert_eq!(run("f32", &[]), "");
+    assert_eq!(
+        run("bf16-mixed", &[("EPT_BF16_KERNEL", "portable")]),
+        "portable"
+    );
+    // Every CPU with AMX also has AVX512-BF16: with it a packed kernel runs.
+    let default = run("bf16-mixed", &[]);
+    #[cfg(target_arch = "x86_64")]
+    let packed = std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let packed = false;
+    if packed {
+        assert!(
+            ["amx", "avx512bf16"].contains(&default.as_str()),
+            "{default}"
+        );
+    } else {
+        assert_eq!(default, "portable");
+    }
+}
