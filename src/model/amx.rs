@@ -66,7 +66,8 @@ pub fn detected() -> bool {
 /// The packed kernel this process uses, chosen once: AMX when the CPU and
 /// kernel allow it, else AVX512-BF16, else none (the portable path).
 /// `EPT_BF16_KERNEL=amx|avx512bf16|portable` asks for one (a kernel this CPU
-/// lacks gives none); `EPT_NO_AMX=1`, the older spelling, means `portable`.
+/// lacks gives none; `auto` or unset, the best); `EPT_NO_AMX=1`, the older
+/// spelling, means `portable`.
 pub fn kernel() -> Option<Kernel> {
     static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
     *KERNEL.get_or_init(|| {
@@ -78,8 +79,19 @@ pub fn kernel() -> Option<Kernel> {
             "portable" => None,
             "amx" => amx_detected().then_some(Kernel::Amx),
             "avx512bf16" => dpbf16::detected().then_some(Kernel::Avx512Bf16),
-            _ if amx_detected() => Some(Kernel::Amx),
-            _ => dpbf16::detected().then_some(Kernel::Avx512Bf16),
+            other => {
+                if !other.is_empty() && other != "auto" {
+                    log::warn!(
+                        "EPT_BF16_KERNEL={other}: expected amx, avx512bf16, portable or auto; \
+                         using the best this CPU has"
+                    );
+                }
+                if amx_detected() {
+                    Some(Kernel::Amx)
+                } else {
+                    dpbf16::detected().then_some(Kernel::Avx512Bf16)
+                }
+            }
         }
     })
 }
