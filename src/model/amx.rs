@@ -99,8 +99,7 @@ pub fn kernel() -> Option<Kernel> {
 /// The path bf16-mixed products take in this process, for reports:
 /// `amx`, `avx512bf16` or `portable`.
 pub fn path_name() -> &'static str {
-    match kernel() {
-        _ if !available() => "portable",
+    match kernel().filter(|_| available()) {
         Some(Kernel::Amx) => "amx",
         Some(Kernel::Avx512Bf16) => "avx512bf16",
         None => "portable",
@@ -314,6 +313,32 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: see `matmul`: tasks never write the same element.
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Copies the top-left `rows × cols` of a kernel's block (row stride
+    /// `block_stride`) to rows `row0..` and columns `col0..` of the row-major
+    /// result of width `n`: the part of the block inside the result.
+    ///
+    /// # Safety
+    /// Those elements lie inside the result and no other thread writes them;
+    /// `block` holds `rows` rows of `block_stride`.
+    pub(super) unsafe fn write_block(
+        &self,
+        block: &[f32],
+        block_stride: usize,
+        [row0, col0]: [usize; 2],
+        [rows, cols]: [usize; 2],
+        n: usize,
+    ) {
+        for r in 0..rows {
+            let src = &block[r * block_stride..r * block_stride + cols];
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add((row0 + r) * n + col0), cols)
+            };
+        }
+    }
+}
+
 /// Rows of `A` per task.
 const ROW_CHUNK: usize = 256;
 /// Columns of `B` per task.
@@ -414,13 +439,7 @@ unsafe fn rectangle(
                     options(nostack)
                 );
                 let valid_cols = BLOCK.min(n.saturating_sub(col0));
-                for r in 0..valid_rows {
-                    std::ptr::copy_nonoverlapping(
-                        cp.add(r * BLOCK),
-                        out.0.add((row0 + r) * n + col0),
-                        valid_cols,
-                    );
-                }
+                out.write_block(&c, BLOCK, [row0, col0], [valid_rows, valid_cols], n);
             }
         }
         asm!("tilerelease", options(nostack, nomem));

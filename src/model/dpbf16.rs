@@ -19,7 +19,7 @@
 use super::amx::{PackedB, SendPtr};
 
 /// Rows of `A` per micro-tile.
-pub(super) const ROWS: usize = 8;
+const ROWS: usize = 8;
 /// Columns of the result per micro-tile: two groups of 16 (one register each).
 const COLS: usize = 32;
 /// Columns per group: f32 lanes of a 512-bit register.
@@ -59,11 +59,14 @@ pub(super) unsafe fn rectangle(
     use std::arch::x86_64::*;
     let (n, k_pad) = (b.n(), b.k_pad());
     let pairs = k_pad / 2;
+    assert!(
+        rows.end.next_multiple_of(ROWS) * k_pad <= a16.len(),
+        "dpbf16: A rows"
+    );
     let mut tile = [0f32; ROWS * COLS];
     for col0 in cols.step_by(COLS) {
         let group = col0 / LANES;
         for row0 in rows.clone().step_by(ROWS) {
-            assert!((row0 + ROWS) * k_pad <= a16.len(), "dpbf16: A rows");
             let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
             for p in 0..pairs {
                 // SAFETY: p < k_pad/2 and both groups lie inside the padded width.
@@ -75,7 +78,8 @@ pub(super) unsafe fn rectangle(
                     )
                 };
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: row row0 + r < a16.len() / k_pad (asserted above).
+                    // SAFETY: row row0 + r < a16.len() / k_pad (asserted above:
+                    // row0 + r < rows.end rounded up to ROWS).
                     let word = unsafe {
                         (a16.as_ptr().add((row0 + r) * k_pad + 2 * p) as *const i32)
                             .read_unaligned()
@@ -92,19 +96,13 @@ pub(super) unsafe fn rectangle(
                     _mm512_storeu_ps(tile.as_mut_ptr().add(r * COLS + LANES), acc[1]);
                 }
             }
-            let valid_rows = ROWS.min(rows.end.saturating_sub(row0));
-            let valid_cols = COLS.min(n.saturating_sub(col0));
-            for r in 0..valid_rows {
-                // SAFETY: row row0 + r < m and columns col0..col0 + valid_cols < n
-                // of the m × n result; this task's own rectangle.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        tile.as_ptr().add(r * COLS),
-                        out.0.add((row0 + r) * n + col0),
-                        valid_cols,
-                    );
-                }
-            }
+            let valid = [
+                ROWS.min(rows.end.saturating_sub(row0)),
+                COLS.min(n.saturating_sub(col0)),
+            ];
+            // SAFETY: rows row0.. below m and columns col0.. below n of the
+            // m × n result; this task's own rectangle.
+            unsafe { out.write_block(&tile, COLS, [row0, col0], valid, n) };
         }
     }
 }

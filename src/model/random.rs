@@ -263,8 +263,8 @@ mod tests {
     /// bf16-mixed precision at model level: the loss and the input gradient
     /// stay near f32's, on the packed kernel (AMX tiles or AVX512-BF16) as on
     /// the portable path. The two bf16 paths are not compared with each
-    /// other directly: they round the
-    /// same operands but sum in another order, and a sum that lands on the
+    /// other directly: they round the same operands but sum in another
+    /// order, and a sum that lands on the
     /// other side of a bf16 rounding boundary moves the next layer's input by
     /// a whole bf16 step, which the deep random model amplifies (measured
     /// here: 1e-2 relative between the paths, 3e-2 each from f32; f32 with
