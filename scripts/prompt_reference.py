@@ -28,6 +28,32 @@ below with sorted header keys so that reruns are byte-identical (the
 
 Inputs: tests/fixtures/t5/{relu-tied,gated-untied}/ (config.json,
 model.safetensors, tokenizer.json) and tests/fixtures/data.jsonl.
+
+Decoder cases (llama-*, qwen2-*; on tests/fixtures/llama/{llama-gqa,qwen2-bias}
+from scripts/make_llama_fixtures.py) compose the prompt the way PEFT's prompt
+tuning does for CAUSAL_LM, extended by DePT/EPT:
+
+    text          = source ids[:m] (tokenizer WITH specials: BOS for Llama,
+                    nothing for Qwen) ++ target ids (no specials) ++ [eos]
+    inputs_embeds = [P_new ; E(text) + U], U row j = row j of AB (= scaling·A·B)
+                    for text positions j < m, 0 for j >= m (A·B reaches source
+                    and target positions alike; right padding beyond the text)
+    attention     = [1]*n ++ text mask; positions 0..n+L-1 (no position_ids)
+    labels        = -100 on the prompt, the source and the padding; target
+                    ids and eos scored (logit at i predicts token i+1)
+    loss          = token-mean CE over one right-padded batch (pad id = eos)
+
+Their reference.json has the T5 cases' keys; `input_ids` are the truncated
+source ids, `labels` the target ids + eos, `batch_len` the text length of the
+batch (without the n prompt rows). llama-pt's loss is also checked against
+PEFT's PromptTuning (get_peft_model, CAUSAL_LM) with the same prompt tensor.
+Decoder cases only:
+
+    python scripts/prompt_reference.py --cases llama-pt llama-dept \
+        llama-ept-cross llama-ept-literal llama-ept-prompt-softmax qwen2-ept-cross-gated
+
+(svd_init.safetensors is only rewritten when a T5 case runs.) Decoder cases
+were made with torch 2.15.0, transformers 5.25.0, peft 0.21.2 (CPU).
 """
 
 from __future__ import annotations
@@ -54,6 +80,20 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 PAD_ID, EOS_ID = 0, 1
+DECODER_MODELS = ("llama-gqa", "qwen2-bias")  # tests/fixtures/llama/<name>
+
+
+def is_decoder(model_name: str) -> bool:
+    return model_name in DECODER_MODELS
+
+
+def model_rel(model_name: str) -> str:
+    """The model folder relative to the repository root."""
+    if is_decoder(model_name):
+        return f"tests/fixtures/llama/{model_name}"
+    return f"tests/fixtures/t5/{model_name}"
+
+
 BASE_SEED = 20240517
 
 
@@ -393,6 +433,23 @@ CASES = [
     # keeps the fixture small and exercises a hidden width read from the shapes.
     Case("ept-short-batch", m=216, hidden=24, fusion="cross-attention", multi_space=True, num_experts=3,
          pad_to_m_check=True),
+    # Decoders (llama-gqa: d = 64; sources 36, 76, 165, 286, 53, 73 tokens with BOS, targets 3-6 + eos).
+    # m = 38: example 0 (36 source tokens) is not truncated and A·B rows 36, 37 land on its first two
+    # target tokens (a target straddling m); the other five are truncated to 38, their targets at j >= m.
+    # Budget as for T5: s = 3, r = 2, l = (s·d + (m+d)·r) // d = 6, and PT gets n = l = 6.
+    # Experts' hidden width: m (the default) for llama-ept-cross, 16 (read from the shapes) elsewhere.
+    Case("llama-pt", model="llama-gqa", method="pt", n=6, r=0, m=38),
+    Case("llama-dept", model="llama-gqa", method="dept", m=38, scaling=8 / math.sqrt(2)),
+    Case("llama-ept-cross", model="llama-gqa", m=38, fusion="cross-attention", multi_space=True, num_experts=3),
+    Case("llama-ept-literal", model="llama-gqa", m=38, hidden=16, fusion="literal", multi_space=True,
+         num_experts=3),
+    Case("llama-ept-prompt-softmax", model="llama-gqa", m=38, hidden=16, fusion="prompt-softmax",
+         multi_space=True, num_experts=3),
+    # qwen2-bias (d = 32, no BOS; sources 32, 57, 143, 235, 45, 59 tokens, targets 3-5 + eos): m = 48, so
+    # examples 0 and 4 lie entirely inside A·B (4 fills exactly 45 + 3 = 48 rows), the rest are truncated.
+    # l = (3·32 + 80·2) // 32 = 8. The T5 ept-cross-gated case is ept-cross on the second backbone.
+    Case("qwen2-ept-cross-gated", model="qwen2-bias", m=48, hidden=16, fusion="cross-attention",
+         multi_space=True, num_experts=3),
 ]
 
 
@@ -433,7 +490,7 @@ def metadata_for(case: Case, d: int) -> dict:
         "ept.lora_scaling": repr(float(case.scaling)),
         "ept.max_len": str(case.m),
         "ept.d_model": str(d),
-        "ept.model": f"tests/fixtures/t5/{case.model}",
+        "ept.model": model_rel(case.model),
         "ept.s": str(s),
         "ept.l": str(l),
         "ept.r": str(case.r),
@@ -442,6 +499,8 @@ def metadata_for(case: Case, d: int) -> dict:
 
 
 def build_case(case: Case, out_dir: str, models: dict, data) -> dict:
+    if is_decoder(case.model):
+        return build_decoder_case(case, out_dir, models, data)
     model, tok, lm_info, _ = models[case.model]
     d = model.config.d_model
     tensors = make_prompt_tensors(case, d)
@@ -531,10 +590,219 @@ def build_case(case: Case, out_dir: str, models: dict, data) -> dict:
     return ref
 
 
-def f64_reference(model64, tensors, case: Case, ids, mask, labels):
+# --------------------------------------------------------------------------
+# Decoders (Llama family): PEFT's CAUSAL_LM prompt tuning, extended by DePT/EPT
+# --------------------------------------------------------------------------
+
+def load_decoder(folder: str):
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    raw = {}
+    for f in sorted(os.listdir(folder)):
+        if f.startswith("model") and f.endswith(".safetensors"):
+            raw.update(load_safetensors(os.path.join(folder, f))[0])
+    msd = model.state_dict()
+    for k, v in raw.items():
+        assert torch.equal(msd[k], v.float()), k
+    emb = raw["model.embed_tokens.weight"].float()
+    if "lm_head.weight" in raw:
+        assert torch.equal(model.lm_head.weight, raw["lm_head.weight"].float())
+        lm = "untied lm_head.weight"
+    else:
+        assert torch.equal(model.lm_head.weight, emb)
+        lm = "tied to embed_tokens"
+    eos = model.config.eos_token_id
+    return model, {"lm_head": lm, "rescale_decoder_output": False, "eos_token_id": eos,
+                   "model_type": model.config.model_type, "folder": folder}
+
+
+def tokenize_decoder(tok, data, m: int, eos: int, folder: str):
+    """Sources with the tokenizer's specials, cut to their first m ids; targets without specials, + eos.
+    Cross-checked against the checkpoint's reference.json (make_llama_fixtures.py)."""
+    with open(os.path.join(folder, "reference.json"), encoding="utf-8") as f:
+        ref = json.load(f)
+    srcs, tgts = [], []
+    for ex, rex in zip(data, ref["examples"]):
+        full = tok(ex["source"])["input_ids"]
+        tgt = tok(ex["target"], add_special_tokens=False)["input_ids"] + [eos]
+        assert full == rex["input_ids"] and tgt == rex["label_ids"], ex
+        srcs.append(full[:m])
+        tgts.append(tgt)
+    return srcs, tgts
+
+
+def pad_decoder_batch(srcs, tgts, pad: int):
+    """Right padding of text = src ++ tgt; labels -100 except on the target (incl. eos)."""
+    texts = [s + y for s, y in zip(srcs, tgts)]
+    t = max(len(x) for x in texts)
+    ids = torch.full((len(texts), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(texts), t), dtype=torch.long)
+    labels = torch.full((len(texts), t), -100, dtype=torch.long)
+    for i, (s, y) in enumerate(zip(srcs, tgts)):
+        ids[i, : len(s) + len(y)] = torch.tensor(s + y)
+        mask[i, : len(s) + len(y)] = 1
+        labels[i, len(s) : len(s) + len(y)] = torch.tensor(y)
+    return ids, mask, labels
+
+
+def decoder_inputs(prompt: PromptModule, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    """[P_new ; E + U] with U row j = AB row j for j < m (0 beyond), mask and labels prefixed for the n rows."""
+    b, t, d = embeds.shape
+    ab = prompt.ab()
+    if ab is not None:
+        k = min(t, ab.shape[0])
+        u = torch.cat([ab[:k], ab.new_zeros(t - k, d)], dim=0)
+        embeds = embeds + u.unsqueeze(0)
+    p = prompt.p_new(ab)
+    n = p.shape[0]
+    x = torch.cat([p.unsqueeze(0).expand(b, -1, -1), embeds], dim=1)
+    m2 = torch.cat([mask.new_ones(b, n), mask], dim=1)
+    l2 = torch.cat([labels.new_full((b, n), -100), labels], dim=1)
+    return x, m2, l2, ab, p
+
+
+def run_decoder(model, prompt: PromptModule, ids, mask, labels):
+    embeds = model.get_input_embeddings()(ids)
+    x, m2, l2, ab, p = decoder_inputs(prompt, embeds, mask, labels)
+    out = model(inputs_embeds=x, attention_mask=m2, labels=l2)  # no position_ids: 0..n+L-1
+    return out, l2, ab, p
+
+
+def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of token CE, logit i predicting label i+1, -100 ignored (transformers' ForCausalLMLoss, summed)."""
+    v = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100,
+                           reduction="sum")
+
+
+def peft_prompt_tuning_losses(model, prompt_tensor: torch.Tensor, ids, mask, labels, singles):
+    """PEFT's own PromptTuning (CAUSAL_LM) on the same batch and on each example alone."""
+    import warnings
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    with warnings.catch_warnings():  # transformers' FutureWarning on PEFT's is_gradient_checkpointing call
+        warnings.simplefilter("ignore", FutureWarning)
+        pm = get_peft_model(copy.deepcopy(model), PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=prompt_tensor.shape[0], prompt_tuning_init="RANDOM"))
+    pm.eval()
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.copy_(prompt_tensor)
+        out = pm(input_ids=ids, attention_mask=mask, labels=labels)
+        per = []
+        for i1, m1, l1 in singles:
+            o1 = pm(input_ids=i1, attention_mask=m1, labels=l1)
+            per.append(float(o1.loss) * int((l1 != -100).sum()))
+    return float(out.loss), per
+
+
+def build_decoder_case(case: Case, out_dir: str, models: dict, data) -> dict:
+    model, tok, info, model64 = models[case.model]
+    d = model.config.hidden_size
+    eos = info["eos_token_id"]
+    folder = info["folder"]
+    tensors = make_prompt_tensors(case, d)
+    meta = metadata_for(case, d)
+    if case.method == "pt":
+        assert case.n == (3 * d + (case.m + d) * 2) // d, "PT length = the budget l of the s=3, r=2 cases"
+    cdir = os.path.join(out_dir, case.name)
+    os.makedirs(cdir, exist_ok=True)
+    save_safetensors(os.path.join(cdir, "prompt.safetensors"), tensors, meta)
+    tensors, meta2 = load_safetensors(os.path.join(cdir, "prompt.safetensors"))
+    assert meta2 == meta
+    prompt = PromptModule(tensors, float(meta["ept.lora_scaling"]), case.fusion, case.multi_space)
+    params = prompt.trainable()
+    assert set(params) == set(tensors), (sorted(params), sorted(tensors))
+
+    srcs, tgts = tokenize_decoder(tok, data, case.m, eos, folder)
+    ids, mask, labels = pad_decoder_batch(srcs, tgts, pad=eos)
+    out, l2, ab, p = run_decoder(model, prompt, ids, mask, labels)
+    n_tokens = int((labels != -100).sum())
+    assert n_tokens == sum(len(y) for y in tgts)
+    manual = shifted_ce_sum(out.logits, l2) / n_tokens
+    assert torch.allclose(manual, out.loss, rtol=1e-6, atol=0), (manual, out.loss)
+    prompt.zero_grad()
+    out.loss.backward()
+    loss = float(out.loss.detach())
+    grads = OrderedDict((k, v.grad.detach().clone()) for k, v in params.items())
+    for k, gr in grads.items():
+        assert torch.isfinite(gr).all() and gr.abs().max() > 0, f"{case.name}: zero/non-finite grad {k}"
+    save_safetensors(os.path.join(cdir, "grads.safetensors"), grads)
+    fwd = OrderedDict(p_new=p.detach())
+    if ab is not None:
+        fwd["ab"] = ab.detach()
+    save_safetensors(os.path.join(cdir, "forward.safetensors"), fwd)
+
+    per_ex, singles = [], []
+    with torch.no_grad():
+        for s_ids, y in zip(srcs, tgts):
+            i1, m1, lab1 = pad_decoder_batch([s_ids], [y], pad=eos)
+            singles.append((i1, m1, lab1))
+            o1, l21, _, _ = run_decoder(model, prompt, i1, m1, lab1)
+            per_ex.append(float(shifted_ce_sum(o1.logits, l21)))
+    assert abs(sum(per_ex) / n_tokens - loss) <= 1e-5 * abs(loss), (sum(per_ex) / n_tokens, loss)
+
+    ref = OrderedDict()
+    ref["case"] = case.name
+    ref["model"] = model_rel(case.model)
+    ref["m"] = case.m
+    ref["loss"] = loss
+    ref["n_tokens"] = n_tokens
+    ref["per_example_loss_sum"] = per_ex
+    ref["batch_len"] = int(ids.shape[1])
+    loss64, grads64 = f64_reference(model64, tensors, case, ids, mask, labels, runner=run_decoder)
+    ref["loss_f64"] = loss64
+    dev = {"loss": abs(loss - loss64) / abs(loss64)}
+    for k, g64 in grads64.items():
+        dev[k] = float((grads[k].double() - g64).abs().max() / g64.abs().max())
+    worst = max(dev, key=dev.get)
+    assert dev[worst] < 1e-5, (case.name, worst, dev[worst])
+    ref["input_ids"] = srcs
+    ref["labels"] = tgts
+    st = asdict(case)
+    st.pop("name")
+    st.pop("pad_to_m_check")
+    st["hidden"] = (case.hidden or case.m) if case.multi_space else None
+    st["lm_head"] = info["lm_head"]
+    st["rescale_decoder_output"] = False  # T5 notion; decoders never rescale
+    st["metadata"] = meta
+    st["loss_reduction"] = "sum of token CE over non-ignored labels / n_tokens (one batch of all examples)"
+    st["composition"] = (
+        "decoder: inputs_embeds = [P_new ; E(src[:m] ++ tgt ++ eos) + U], U row j = AB row j for j < m else 0; "
+        "attention mask [1]*n ++ text mask; positions 0..n+L-1; labels -100 on prompt, source and padding; "
+        "right padding with pad id = eos"
+    )
+    st["pad_id"] = eos
+    if case.method == "pt":
+        peft_loss, peft_per = peft_prompt_tuning_losses(model, tensors["prompt"], ids, mask, labels, singles)
+        rel = abs(peft_loss - loss) / abs(loss)
+        assert rel <= 1e-6, (peft_loss, loss)
+        per_rel = max(abs(a - b) / abs(b) for a, b in zip(peft_per, per_ex))
+        assert per_rel <= 1e-5, (peft_per, per_ex)
+        st["peft_prompt_tuning_loss"] = peft_loss
+        st["peft_prompt_tuning_rel_diff"] = rel
+        st["peft_prompt_tuning_per_example_max_rel_diff"] = per_rel
+    ref["settings"] = st
+    with open(os.path.join(cdir, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump(ref, f, indent=1)
+        f.write("\n")
+    n_trunc = sum(1 for s in srcs if len(s) == case.m)
+    worst_dev = f"{worst}={dev[worst]:.1e}"
+    print(f"{case.name:26s} loss={loss:.7f} n_tokens={n_tokens} batch_len={ids.shape[1]} "
+          f"truncated={n_trunc}/{len(srcs)} f64_dev({worst_dev})")
+    return ref
+
+
+def f64_reference(model64, tensors, case: Case, ids, mask, labels, runner=None):
     t64 = {k: v.double() for k, v in tensors.items()}
     prompt = PromptModule(t64, case.scaling, case.fusion, case.multi_space).double()
-    out, _, _ = run(model64, prompt, ids, mask, labels)
+    out = (runner or run)(model64, prompt, ids, mask, labels)[0]
     out.loss.backward()
     return float(out.loss.detach()), {k: v.grad.detach().clone() for k, v in prompt.trainable().items()}
 
@@ -567,6 +835,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(FIXTURES, "prompt"))
     ap.add_argument("--t5", default=os.path.join(FIXTURES, "t5"))
+    ap.add_argument("--llama", default=os.path.join(FIXTURES, "llama"))
     ap.add_argument("--data", default=os.path.join(FIXTURES, "data.jsonl"))
     ap.add_argument("--cases", nargs="*", default=None, help="subset of case names")
     args = ap.parse_args(argv)
@@ -575,18 +844,30 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     data = load_data(args.data)
+    cases = CASES if not args.cases else [c for c in CASES if c.name in args.cases]
+    unknown = set(args.cases or []) - {c.name for c in CASES}
+    if unknown:
+        raise SystemExit(f"unknown cases: {sorted(unknown)}")
     models = {}
-    for name in ("relu-tied", "gated-untied"):
+    for name in sorted({c.model for c in cases}):
+        if is_decoder(name):
+            folder = os.path.join(args.llama, name)
+            model, info = load_decoder(folder)
+            model64 = copy.deepcopy(model).double()
+            models[name] = (model, load_tokenizer(folder), info, model64)
+            print(f"{name}: {model.config.model_type} d={model.config.hidden_size} lm_head={info['lm_head']} "
+                  f"eos={info['eos_token_id']}")
+            continue
         folder = os.path.join(args.t5, name)
         model, info = load_t5(folder)
         model64 = copy.deepcopy(model).double()
         models[name] = (model, load_tokenizer(folder), info, model64)
         print(f"{name}: d_model={model.config.d_model} ff={model.config.feed_forward_proj} lm_head={info['lm_head']} "
               f"rescale={info['rescale_decoder_output']}")
-    cases = CASES if not args.cases else [c for c in CASES if c.name in args.cases]
     for case in cases:
         build_case(case, args.out, models, data)
-    build_svd_fixture(args.out)
+    if any(not is_decoder(c.model) for c in cases):
+        build_svd_fixture(args.out)
     return 0
 
 

@@ -66,7 +66,7 @@ pub fn run(s: &EvalBenchSettings) -> Result<EvalBenchReport> {
         let idx: Vec<usize> = (0..inputs.len()).collect();
         idx.chunks(t.step.batch).map(|c| c.to_vec()).collect()
     } else {
-        sorted_input_batches(&model, &inputs, t.step.batch)
+        sorted_input_batches(&inputs, t.step.batch)
     };
     let padded_tokens = batches
         .iter()

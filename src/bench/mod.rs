@@ -331,12 +331,17 @@ fn squared_norm<const D: usize>(t: Option<Tensor<D>>) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn step(model: &T5, trainable: &Trainable, batch: &Seq2SeqBatch) -> StepResult {
+fn step(
+    model: &T5,
+    trainable: &Trainable,
+    examples: &[TokenizedExample],
+    batch: &Seq2SeqBatch,
+) -> StepResult {
     let n_tokens = batch.n_tokens as f64;
     let start = Instant::now();
     match trainable {
         Trainable::Prompt(prompt) => {
-            let loss = batch_loss_sums(model, prompt.as_ref(), batch).sum() / n_tokens;
+            let loss = batch_loss_sums(model, prompt.as_ref(), examples, 0).sum() / n_tokens;
             let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
             let forward_s = start.elapsed().as_secs_f64();
             let grads = loss.backward();
@@ -428,14 +433,14 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
     let setup_peak_rss_mib = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
 
     for _ in 0..settings.warmup {
-        step(&model, &trainable, &batch);
+        step(&model, &trainable, &examples, &batch);
     }
     let mut step_s = Vec::with_capacity(settings.steps);
     let mut forward = Vec::with_capacity(settings.steps);
     let mut backward = Vec::with_capacity(settings.steps);
     let mut last = None;
     for _ in 0..settings.steps {
-        let r = step(&model, &trainable, &batch);
+        let r = step(&model, &trainable, &examples, &batch);
         step_s.push(r.forward_s + r.backward_s);
         forward.push(r.forward_s);
         backward.push(r.backward_s);

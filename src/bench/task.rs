@@ -18,7 +18,7 @@ use crate::data::batching::{BatchSize, epoch_batches};
 use crate::error::{Error, Result};
 use crate::evaluate::{batch_loss_sums, corpus_loss};
 use crate::model::T5;
-use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
+use crate::model::batch::TokenizedExample;
 use crate::prompt::checkpoint::{self, PromptMeta};
 use crate::prompt::{SoftPrompt, build_prompt};
 use crate::rng::Rng;
@@ -112,7 +112,7 @@ pub struct TaskBenchReport {
 }
 
 /// Token-mean loss of all `examples` at `prompt`, in batches of `batch`, on
-/// copies off the autodiff device (see `T5::for_inference`).
+/// copies off the autodiff device (see `FrozenModel::for_inference`).
 fn mean_loss(model: &T5, prompt: &SoftPrompt, examples: &[TokenizedExample], batch: usize) -> f64 {
     let model = model.for_inference();
     let prompt = prompt.clone().to_device(model.device(), false);
@@ -211,8 +211,6 @@ pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
         lengths,
         mut rng,
     } = Workload::new(s)?;
-    let device = model.device().clone();
-    let config = model.config.clone();
     let initial_loss = mean_loss(&model, &prompt, &examples, st.batch);
 
     let groups: Vec<_> = prompt
@@ -229,7 +227,6 @@ pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
         })
         .collect();
     let mut optim = AdamW::new(AdamWConfig::default(), groups.len());
-    let (pad, start) = (config.pad_id(), config.decoder_start_id());
     let t0 = Instant::now();
     let order = if s.pad_to > 0 {
         // DePT: a random order, every input padded to the same length.
@@ -242,9 +239,10 @@ pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
     let (mut padded_tokens, mut loss_sum) = (0usize, 0.0);
     for idx in &order {
         let rows: Vec<TokenizedExample> = idx.iter().map(|&i| examples[i].clone()).collect();
-        let batch = Seq2SeqBatch::padded_to(&rows, pad, start, s.pad_to, &device);
-        padded_tokens += batch.input_len * rows.len();
-        let loss = batch_loss_sums(&model, &prompt, &batch).sum() / batch.n_tokens as f64;
+        let longest = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+        padded_tokens += longest.max(s.pad_to).max(1) * rows.len();
+        let n_tokens: usize = rows.iter().map(|r| r.label_ids.len()).sum();
+        let loss = batch_loss_sums(&model, &prompt, &rows, s.pad_to).sum() / n_tokens as f64;
         loss_sum += crate::tensors::to_f32_vec(loss.clone())[0] as f64;
         let grads = loss.backward();
         let g = prompt

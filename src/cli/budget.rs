@@ -36,7 +36,7 @@ pub fn run(args: BudgetArgs) -> Result<()> {
         (Some(d), _) => d,
         (None, Some(model)) => {
             let dir = ept::io::hub::resolve_model(model, None)?;
-            ept::model::T5Config::from_file(&dir.join("config.json"))?.d_model
+            ept::model::ModelShape::from_dir(&dir)?.hidden_size
         }
         (None, None) => 768,
     };

@@ -51,7 +51,7 @@ pub fn load_prompt(
 ) -> Result<Option<SoftPrompt>> {
     let Some(path) = path else { return Ok(None) };
     let (prompt, _) = checkpoint::load(path, backbone.model.device())?;
-    checkpoint::check_fits(path, &prompt, backbone.model.d_model())?;
+    checkpoint::check_fits(path, &prompt, backbone.model.hidden_size())?;
     Ok(Some(prompt))
 }
 
@@ -98,12 +98,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (a, b) => a.or(b),
     };
     let tokenized = tokenize_pairs(&backbone.tokenizer, &examples, max_len)?;
-    let report = corpus_loss(&backbone.model, prompt, &tokenized, args.batch_size);
+    let report = corpus_loss(backbone.model.as_ref(), prompt, &tokenized, args.batch_size);
     let mut out = serde_json::to_value(&report).expect("report serialises");
     if let Some(task) = task {
         let scoring = Scoring::parse(&args.scoring)?;
         let preds = predict(
-            &backbone.model,
+            backbone.model.as_ref(),
             &backbone.tokenizer,
             prompt,
             &tokenized,

@@ -37,8 +37,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
         )));
     }
     let dir = ept::io::hub::resolve_model(&model, None)?;
-    let config = ept::model::T5Config::from_file(&dir.join("config.json"))?;
-    checkpoint::check_fits(&args.checkpoint, &prompt, config.d_model)?;
+    let config = ept::model::ModelShape::from_dir(&dir)?;
+    checkpoint::check_fits(&args.checkpoint, &prompt, config.hidden_size)?;
     let report = export(&prompt, &meta, &config, format, &args.out, args.lora_alpha)?;
     if let Some(w) = &report.warning {
         eprintln!("ept: warning: {w}");

@@ -21,7 +21,13 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let backbone = args.model.load(false)?;
     let ids = backbone.tokenizer.encode(&args.text, None)?;
-    let out = generate_ids(&backbone.model, &NoPrompt, &[ids], 1, args.max_new_tokens);
+    let out = generate_ids(
+        backbone.model.as_ref(),
+        &NoPrompt,
+        &[ids],
+        1,
+        args.max_new_tokens,
+    );
     println!("{}", backbone.tokenizer.decode(&out[0])?);
     Ok(())
 }

@@ -16,30 +16,24 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let b = args.model.load(false)?;
-    let c = &b.model.config;
-    let ff = c.feed_forward(&b.dir.join("config.json"))?;
-    let info = serde_json::json!({
-        "folder": b.dir,
-        "architecture": "t5",
-        "feed_forward": c.feed_forward_proj,
-        "gated": ff.gated,
-        "d_model": c.d_model,
-        "d_kv": c.d_kv,
-        "num_heads": c.num_heads,
-        "d_ff": c.d_ff,
-        "encoder_layers": c.num_layers,
-        "decoder_layers": c.decoder_layers(),
-        "vocab_size": c.vocab_size,
-        "tokenizer_vocab_size": b.tokenizer.vocab_size(),
-        "relative_attention_num_buckets": c.relative_attention_num_buckets,
-        "relative_attention_max_distance": c.relative_attention_max_distance,
-        "tied_head": b.model.tied_head,
-        "rescale_decoder_output": c.rescale_decoder_output(),
-        "storage_dtype": b.storage_dtype,
-        "compute_dtype": b.model.dtype.name(),
-        "parameters": b.model.num_parameters(),
-        "files": b.files,
-    });
+    let m = &b.model;
+    let mut info = serde_json::Map::new();
+    info.insert("folder".into(), serde_json::json!(b.dir));
+    info.insert("architecture".into(), m.architecture().into());
+    for (k, v) in m.describe() {
+        info.insert(k.into(), v);
+    }
+    for (k, v) in [
+        ("tokenizer_vocab_size", b.tokenizer.vocab_size().into()),
+        ("tied_head", m.tied_head().into()),
+        ("storage_dtype", b.storage_dtype.clone().into()),
+        ("compute_dtype", m.dtype().name().into()),
+        ("parameters", m.num_parameters().into()),
+        ("files", serde_json::json!(b.files)),
+    ] {
+        info.insert(k.into(), v);
+    }
+    let info = serde_json::Value::Object(info);
     if args.json {
         println!("{info}");
     } else {

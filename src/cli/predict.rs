@@ -77,7 +77,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let scoring = Scoring::parse(&args.scoring)?;
     let labels = task.and_then(|t| t.labels());
     let preds = predict(
-        &backbone.model,
+        backbone.model.as_ref(),
         &backbone.tokenizer,
         prompt,
         &tokenized,

@@ -1,7 +1,11 @@
 //! Frozen backbones read straight from Hugging Face files.
 //!
-//! One file per architecture (`t5.rs`), its `config.json` mirror in
-//! `config.rs`, and [`Backbone`]: the model, its tokenizer and where they came from.
+//! One file per architecture (`t5.rs`, `llama.rs` with Mistral and Qwen2 as
+//! its switches), each with its `config.json` mirror (`config.rs`,
+//! `llama_config.rs`) and its [`FrozenModel`] implementation
+//! (`t5_frozen.rs`, `llama_frozen.rs`), over the shared layers of
+//! `layers.rs`. [`Backbone`] is a loaded model, its tokenizer and where they
+//! came from; callers use the model only through [`FrozenModel`].
 
 pub mod amx;
 pub mod attention_kernel;
@@ -9,44 +13,135 @@ pub mod batch;
 pub mod config;
 pub mod cross_attention_kernel;
 pub mod dpbf16;
+pub mod frozen;
 pub mod fused;
+pub mod layers;
+pub mod llama;
+pub mod llama_config;
+mod llama_frozen;
 pub mod matmul;
 pub mod random;
 pub mod rowdot;
 pub mod save;
+pub mod soft;
 pub mod t5;
+mod t5_frozen;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
 pub use config::T5Config;
+pub use frozen::FrozenModel;
+pub use llama::Llama;
+pub use llama_config::LlamaConfig;
+pub use soft::SoftInput;
 pub use t5::T5;
 pub use tokenizer::TextTokenizer;
 
+/// What exports and budgets need of a model, read from `config.json` alone.
+#[derive(Clone, Debug)]
+pub struct ModelShape {
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    /// PEFT's `task_type`.
+    pub peft_task_type: &'static str,
+}
+
+impl ModelShape {
+    /// The shape of the model in `dir` (its `config.json`, validated).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let (path, config) = read_config(dir)?;
+        Ok(match config.get("model_type").and_then(|v| v.as_str()) {
+            Some("llama" | "mistral" | "qwen2") => {
+                let c = LlamaConfig::from_value(&config, &path)?;
+                ModelShape {
+                    architecture: c.family.name().into(),
+                    hidden_size: c.hidden_size(),
+                    num_layers: c.raw.num_hidden_layers,
+                    num_heads: c.num_heads(),
+                    peft_task_type: "CAUSAL_LM",
+                }
+            }
+            _ => {
+                let c = T5Config::from_file(&path)?;
+                ModelShape {
+                    architecture: "t5".into(),
+                    hidden_size: c.d_model,
+                    num_layers: c.num_layers,
+                    num_heads: c.num_heads,
+                    peft_task_type: "SEQ_2_SEQ_LM",
+                }
+            }
+        })
+    }
+}
+
+/// `dir/config.json`, parsed.
+fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = crate::error::read_to_string(&path)?;
+    let value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.clone(),
+        line: Some(e.line()),
+        msg: e.to_string(),
+    })?;
+    Ok((path, value))
+}
+
 /// A loaded checkpoint: the frozen model, its tokenizer and the files used.
 pub struct Backbone {
-    pub model: T5,
+    pub model: Box<dyn FrozenModel>,
     pub tokenizer: TextTokenizer,
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
     pub storage_dtype: String,
+    /// The checkpoint's `config.json` as written (for reports and exports).
+    pub config: serde_json::Value,
 }
 
 impl Backbone {
-    /// Loads `dir` (already resolved, see [`crate::io::hub::resolve_model`]).
+    /// Loads `dir` (already resolved, see [`crate::io::hub::resolve_model`]),
+    /// the architecture chosen by `config.json`'s `model_type`.
     /// `dtype` `None` computes in f32 (bf16 checkpoints are upcast).
     pub fn load(dir: &Path, dtype: Option<FloatType>, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let config = T5Config::from_file(&config_path)?;
-        let weights = WeightFile::open_dir(dir)?;
+        let (config_path, config) = read_config(dir)?;
         let dtype = dtype.unwrap_or(FloatType::F32);
-        let eos = config.eos_token_id;
-        let model = T5::from_weights(config, &weights, &config_path, dtype, device)?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), eos)?;
+        let model_type = config.get("model_type").and_then(|v| v.as_str());
+        let tokenizer_path = dir.join("tokenizer.json");
+        let weights = WeightFile::open_dir(dir)?;
+        let (model, tokenizer): (Box<dyn FrozenModel>, TextTokenizer) = match model_type {
+            Some("llama" | "mistral" | "qwen2") => {
+                let cfg = LlamaConfig::from_value(&config, &config_path)?;
+                let eos = cfg.eos_ids()[0];
+                let model = Llama::from_weights(cfg, &weights, dtype, device)?;
+                let tok = TextTokenizer::from_file(&tokenizer_path, eos)?.for_decoder();
+                (Box::new(model), tok)
+            }
+            _ => {
+                // T5Config names the field and the expected values when it is neither.
+                let cfg = T5Config::from_file(&config_path).map_err(|e| match e {
+                    Error::Field { path, field, .. } if field == "model_type" => Error::field(
+                        path,
+                        field,
+                        format!(
+                            "unsupported architecture `{}`: expected t5, mt5, llama, mistral or qwen2",
+                            model_type.unwrap_or("(missing)")
+                        ),
+                    ),
+                    other => other,
+                })?;
+                let eos = cfg.eos_token_id;
+                let model = T5::from_weights(cfg, &weights, &config_path, dtype, device)?;
+                let tok = TextTokenizer::from_file(&tokenizer_path, eos)?;
+                (Box::new(model), tok)
+            }
+        };
         let mut files = vec![config_path, tokenizer.path().to_path_buf()];
         files.extend(weights.files().into_iter().map(Path::to_path_buf));
         Ok(Backbone {
@@ -55,6 +150,7 @@ impl Backbone {
             dir: dir.into(),
             files,
             storage_dtype: weights.storage_dtype(),
+            config,
         })
     }
 }

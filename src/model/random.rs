@@ -13,7 +13,8 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 
 use super::config::{FeedForwardKind, T5Config};
-use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, Linear, RmsNorm, T5};
+use super::layers::{Linear, RmsNorm};
+use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, T5};
 use crate::io::weights::{FloatType, tensor_from_f32};
 use crate::rng::Rng;
 

@@ -14,103 +14,16 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, silu};
+use burn::tensor::activation::{gelu, gelu_approximate, silu};
 use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use std::sync::Arc;
-
-use super::amx::{self, PackedLinear};
 use super::config::{Activation, FeedForwardKind, T5Config};
 use super::fused;
+pub use super::layers::token_loss_sums;
+use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm};
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
-
-/// Large negative number added to masked attention scores (exp underflows to 0).
-const MASK_VALUE: f32 = -1e30;
-
-/// A bias-free dense layer; the weight is stored transposed, `[in, out]`, once at load.
-///
-/// Stored, not viewed: the weight is copied row-major at construction. With
-/// a transposed *view* of PyTorch's `[out, in]` layout, products with few
-/// rows (generation's one token per example, short batches) run up to 5×
-/// slower in the gemm crate (`cargo bench --bench few_rows`: 32×512 by
-/// 512×512, 0.38 ms viewed against 0.08 ms stored; close from about a
-/// thousand rows on), and bf16 products copied the view on every call.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: Tensor<2>,
-    /// Set in bf16-mixed precision ([`FloatType::Bf16Mixed`]): the product
-    /// rounds its input to bf16, and `weight` holds bf16 values. Inside, the
-    /// same weight packed for AMX tiles when the CPU has them.
-    bf16: Option<Option<Arc<PackedLinear>>>,
-}
-
-impl Linear {
-    /// A dense layer from its transposed weight `[in, out]`, in `dtype`'s precision.
-    pub fn new(weight: Tensor<2>, dtype: FloatType) -> Self {
-        if dtype != FloatType::Bf16Mixed {
-            let weight = Tensor::from_data(weight.to_data(), (&weight.device(), weight.dtype()));
-            return Linear { weight, bf16: None };
-        }
-        // Rounded once, so that every path multiplies the same bf16 values.
-        let weight = weight.cast(DType::BF16);
-        let packed = (amx::detected() && weight.device().inner() == Device::flex()).then(|| {
-            let [d_in, d_out] = weight.dims();
-            let values = crate::tensors::to_f32_vec(weight.clone());
-            Arc::new(PackedLinear::from_transposed(&values, d_in, d_out))
-        });
-        // With the AMX copy, the tensor stays in bf16 (exact: it holds bf16
-        // values) and is read only if AMX is turned off: half the memory of
-        // an f32 copy. Without it, the portable path multiplies it in f32.
-        let weight = match packed {
-            Some(_) => weight,
-            None => weight.cast(DType::F32),
-        };
-        Linear {
-            weight,
-            bf16: Some(packed),
-        }
-    }
-
-    fn load(w: &WeightFile, name: &str, d_in: usize, d_out: usize, ctx: &Ctx) -> Result<Self> {
-        // PyTorch stores nn.Linear weights as [out, in].
-        let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
-        Ok(Linear::new(t.transpose(), ctx.dtype))
-    }
-
-    /// The weight when the layer multiplies in f32 (not bf16-mixed).
-    fn f32_weight(&self) -> Option<&Tensor<2>> {
-        self.bf16.is_none().then_some(&self.weight)
-    }
-
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        match &self.bf16 {
-            Some(packed) => fused::bf16_linear(x, self.weight.clone(), packed.clone()),
-            None => fused::frozen_linear(x, self.weight.clone()),
-        }
-    }
-}
-
-/// T5LayerNorm: `w * x / sqrt(mean(x²) + eps)`, statistics in f32.
-#[derive(Clone, Debug)]
-pub struct RmsNorm {
-    pub weight: Tensor<1>,
-    pub(crate) eps: f64,
-}
-
-impl RmsNorm {
-    fn load(w: &WeightFile, name: &str, d: usize, eps: f64, ctx: &Ctx) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: w.tensor(name, [d], ctx.dtype, &ctx.device)?,
-            eps,
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        fused::rms_norm(x, self.weight.clone(), self.eps)
-    }
-}
 
 /// Cached keys and values of one attention layer during incremental
 /// decoding, `[b, t, heads·d_kv]` as the projections return them.
@@ -138,7 +51,7 @@ impl Attention {
         prefix: &str,
         with_bias: bool,
         cfg: &T5Config,
-        ctx: &Ctx,
+        ctx: &LoadCtx,
     ) -> Result<Self> {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
         let relative_bias = if with_bias {
@@ -313,7 +226,7 @@ impl FeedForward {
         prefix: &str,
         kind: FeedForwardKind,
         cfg: &T5Config,
-        ctx: &Ctx,
+        ctx: &LoadCtx,
     ) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let (wi, wi_gate) = if kind.gated {
@@ -378,13 +291,6 @@ pub struct DecoderBlock {
     pub cross_attn: Attention,
     pub ff_norm: RmsNorm,
     pub ff: FeedForward,
-}
-
-/// Where and in what precision the weights live.
-#[derive(Clone)]
-struct Ctx {
-    device: Device,
-    dtype: FloatType,
 }
 
 /// A T5 encoder-decoder with frozen weights.
@@ -496,7 +402,7 @@ impl T5 {
         dtype: FloatType,
         device: &Device,
     ) -> Result<Self> {
-        let ctx = Ctx {
+        let ctx = LoadCtx {
             device: device.clone(),
             dtype,
         };
@@ -804,19 +710,4 @@ pub fn is_dense_weight(name: &str) -> bool {
     name != "shared.weight"
         && !name.ends_with("relative_attention_bias.weight")
         && !name.ends_with("layer_norm.weight")
-}
-
-/// Per-row sums of token cross-entropy and the number of counted tokens.
-///
-/// `labels` is `[b, t]`; `label_mask` is 1 where a target token counts and 0
-/// at padding. Computed in f32 from the (f32) logits.
-pub fn token_loss_sums(
-    logits: Tensor<3>,
-    labels: Tensor<2, Int>,
-    label_mask: Tensor<2>,
-) -> Tensor<1> {
-    let [b, t, _] = logits.dims();
-    let logp = log_softmax(logits, 2);
-    let picked = logp.gather(2, labels.reshape([b, t, 1])).reshape([b, t]);
-    (picked * label_mask).sum_dim(1).reshape([b]).neg()
 }

@@ -1,14 +1,19 @@
-//! `tokenizer.json` through the `tokenizers` crate, with T5's truncation rule.
+//! `tokenizer.json` through the `tokenizers` crate, with T5's truncation rule
+//! and the decoders' target rule.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A Hugging Face fast tokenizer plus the ids T5 needs.
+/// A Hugging Face fast tokenizer plus the ids the model needs.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
     pub eos_id: u32,
+    /// Targets as a decoder scores them: the text's tokens without special
+    /// tokens, then EOS (a post-processor would put BOS in front). T5's
+    /// post-processor already appends `</s>`, and its targets are encoded as its sources.
+    decoder_targets: bool,
 }
 
 impl TextTokenizer {
@@ -25,7 +30,14 @@ impl TextTokenizer {
             inner,
             path: path.into(),
             eos_id,
+            decoder_targets: false,
         })
+    }
+
+    /// The tokenizer of a decoder: targets are encoded without special tokens and end in EOS.
+    pub fn for_decoder(mut self) -> Self {
+        self.decoder_targets = true;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -54,6 +66,21 @@ impl TextTokenizer {
                 ids[m - 1] = self.eos_id;
             }
         }
+        Ok(ids)
+    }
+
+    /// Token ids of a target, as the model scores it: T5's `tokens </s>`, a
+    /// decoder's `tokens EOS` (no BOS, whatever the post-processor adds to sources).
+    pub fn encode_target(&self, text: &str) -> Result<Vec<u32>> {
+        if !self.decoder_targets {
+            return self.encode(text, None);
+        }
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::data(&self.path, format!("cannot tokenize target: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        ids.push(self.eos_id);
         Ok(ids)
     }
 

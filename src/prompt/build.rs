@@ -1,12 +1,12 @@
 //! Building a fresh prompt of each method from its settings (METHOD.md §2, §4).
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::budget::Budget;
 use super::ept::{Expert, FusionReading, LowRank, MultiSpace, SoftPrompt};
 use super::init::{self, Align, Matrix, Split};
 use crate::error::{Error, Result};
-use crate::model::{T5, TextTokenizer};
+use crate::model::{FrozenModel, TextTokenizer};
 use crate::rng::Rng;
 
 /// The prompt methods.
@@ -130,14 +130,11 @@ fn tensor2(m: &Matrix, device: &Device) -> Tensor<2> {
 }
 
 /// Rows `ids` of the frozen embedding, as f32.
-fn embedding_rows(model: &T5, ids: &[usize]) -> Matrix {
-    let d = model.d_model();
-    let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), model.device());
+fn embedding_rows(model: &dyn FrozenModel, ids: &[usize]) -> Matrix {
     Matrix {
         rows: ids.len(),
-        cols: d,
-        data: crate::tensors::to_f32_vec(model.shared.clone().select(0, idx)),
+        cols: model.hidden_size(),
+        data: crate::tensors::to_f32_vec(model.embedding_rows(ids)),
     }
 }
 
@@ -145,16 +142,15 @@ fn embedding_rows(model: &T5, ids: &[usize]) -> Matrix {
 fn initial_prompt(
     cfg: &PromptConfig,
     n: usize,
-    model: &T5,
+    model: &dyn FrozenModel,
     tok: &TextTokenizer,
     rng: &mut Rng,
 ) -> Result<Matrix> {
-    let d = model.d_model();
+    let d = model.hidden_size();
     Ok(match &cfg.init {
-        PromptInit::Vocab => embedding_rows(
-            model,
-            &init::sample_vocab_ids(n, model.config.vocab_size, rng),
-        ),
+        PromptInit::Vocab => {
+            embedding_rows(model, &init::sample_vocab_ids(n, model.vocab_size(), rng))
+        }
         PromptInit::Text(text) => {
             let mut ids = tok.encode(text, None)?;
             if ids.last() == Some(&tok.eos_id) {
@@ -194,8 +190,12 @@ fn multi_space(cfg: &PromptConfig, d: usize, rng: &mut Rng, device: &Device) -> 
 }
 
 /// Builds a fresh prompt for `model` (tensors on the model's device, not yet trainable).
-pub fn build_prompt(cfg: &PromptConfig, model: &T5, tok: &TextTokenizer) -> Result<SoftPrompt> {
-    let d = model.d_model();
+pub fn build_prompt(
+    cfg: &PromptConfig,
+    model: &dyn FrozenModel,
+    tok: &TextTokenizer,
+) -> Result<SoftPrompt> {
+    let d = model.hidden_size();
     let device = model.device().clone();
     let mut rng = Rng::new(cfg.seed);
     let budget = cfg.budget(d)?;

@@ -9,9 +9,9 @@
 //! that the optimiser treats them uniformly, whatever the backbone's dtype.
 
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 
-use super::PromptInput;
+use super::{PromptInput, SoftInput};
 use crate::error::{Error, Result};
 
 /// How the paper's fusion einsum is read (METHOD.md §3 D).
@@ -348,26 +348,15 @@ impl SoftPrompt {
 }
 
 impl PromptInput for SoftPrompt {
-    fn encoder_input(&self, embeds: Tensor<3>, mask: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
-        let [b, t, d] = embeds.dims();
-        let dtype = embeds.dtype();
+    fn soft_input(&self) -> SoftInput {
+        // A·B once: Eq. 2 adds it to the text embeddings, Eq. 3–4 fuse it into the prompt.
         let ab = self.low_rank.as_ref().map(LowRank::product);
-        // Eq. 2: I_up = E + A·B, row j of A·B added at input position j (t <= m
-        // because inputs are truncated to m; the first t rows serve a shorter batch).
-        // The prompt's own precision (f32 in training) for the sum.
-        let embeds = embeds.cast(self.prompt.dtype());
-        let i_up = match &ab {
-            Some(ab) => embeds + ab.clone().narrow(0, 0, t).unsqueeze::<3>(),
-            None => embeds,
-        };
         // Eq. 8: P_new, input-independent: computed once and broadcast over the batch.
-        let p_new = self.reconstructed(ab.as_ref());
-        let n = p_new.dims()[0];
-        let prompt = p_new.unsqueeze::<3>().expand([b, n, d]);
-        let input = Tensor::cat(vec![prompt, i_up], 1).cast(dtype);
-        let ones = Tensor::<2>::ones([b, n], (&mask.device(), DType::F32));
-        let mask = Tensor::cat(vec![ones, mask.cast(DType::F32)], 1);
-        (input, mask)
+        let prefix = self.reconstructed(ab.as_ref());
+        SoftInput {
+            prefix: Some(prefix),
+            position_update: ab,
+        }
     }
 
     fn max_input_len(&self) -> Option<usize> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::checkpoint::{self, PromptMeta};
 use super::ept::SoftPrompt;
 use crate::error::{Error, Result};
-use crate::model::T5Config;
+use crate::model::ModelShape;
 use crate::tensors::{NamedF32, safetensors_f32, to_f32_vec};
 
 /// The export formats.
@@ -49,9 +49,9 @@ fn write_config(path: &Path, value: &serde_json::Value) -> Result<()> {
     crate::error::write_atomic(path, text.as_bytes())
 }
 
-/// PEFT's prompt-tuning adapter config for a T5 (METHOD.md §8): one encoder
-/// submodule, not PEFT's seq2seq default of two.
-fn peft_config(meta: &PromptMeta, model: &T5Config, s: usize, d: usize) -> serde_json::Value {
+/// PEFT's prompt-tuning adapter config (METHOD.md §8): for a T5 one encoder
+/// submodule, not PEFT's seq2seq default of two; `CAUSAL_LM` for a decoder.
+fn peft_config(meta: &PromptMeta, model: &ModelShape, s: usize, d: usize) -> serde_json::Value {
     serde_json::json!({
         "base_model_name_or_path": meta.model,
         "inference_mode": true,
@@ -61,7 +61,7 @@ fn peft_config(meta: &PromptMeta, model: &T5Config, s: usize, d: usize) -> serde
         "num_virtual_tokens": s,
         "peft_type": "PROMPT_TUNING",
         "prompt_tuning_init": "RANDOM",
-        "task_type": "SEQ_2_SEQ_LM",
+        "task_type": model.peft_task_type,
         "token_dim": d,
     })
 }
@@ -78,7 +78,7 @@ pub struct ExportReport {
 pub fn export(
     prompt: &SoftPrompt,
     meta: &PromptMeta,
-    model: &T5Config,
+    model: &ModelShape,
     format: Format,
     out: &Path,
     lora_alpha: f64,

@@ -14,14 +14,20 @@ pub mod init;
 
 use burn::tensor::Tensor;
 
+pub use crate::model::SoftInput;
 pub use build::{Method, PromptConfig, PromptInit, build_prompt};
 pub use ept::{FusionReading, ParamGroup, SoftPrompt};
 
-/// Builds the encoder input from the text's token embeddings.
+/// What a prompt method gives the frozen model.
 pub trait PromptInput {
-    /// `embeds` is `[b, t, d]`, `mask` `[b, t]` (1 = real token). Returns the
-    /// encoder input and its mask, the prompt positions included.
-    fn encoder_input(&self, embeds: Tensor<3>, mask: Tensor<2>) -> (Tensor<3>, Tensor<2>);
+    /// The rows to prepend and the update of the text embeddings (see [`SoftInput`]).
+    fn soft_input(&self) -> SoftInput;
+
+    /// T5's encoder input: `embeds` is `[b, t, d]`, `mask` `[b, t]` (1 = real
+    /// token). Returns the encoder input and its mask, the prompt positions included.
+    fn encoder_input(&self, embeds: Tensor<3>, mask: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
+        self.soft_input().apply(embeds, mask)
+    }
 
     /// Longest text input (in tokens, `</s>` included) the method accepts; longer inputs are truncated.
     fn max_input_len(&self) -> Option<usize> {
@@ -33,7 +39,7 @@ pub trait PromptInput {
 pub struct NoPrompt;
 
 impl PromptInput for NoPrompt {
-    fn encoder_input(&self, embeds: Tensor<3>, mask: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
-        (embeds, mask)
+    fn soft_input(&self) -> SoftInput {
+        SoftInput::none()
     }
 }

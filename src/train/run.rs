@@ -17,7 +17,7 @@ use crate::data::{Example, Task};
 use crate::error::{Error, Result};
 use crate::evaluate::{Scoring, batch_loss_sums, corpus_loss, predict, tokenize_pairs};
 use crate::model::Backbone;
-use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
+use crate::model::batch::TokenizedExample;
 use crate::prompt::checkpoint::{self, PromptMeta};
 use crate::prompt::{ParamGroup, PromptConfig, PromptInput, SoftPrompt, build_prompt};
 use crate::rng::Rng;
@@ -179,10 +179,10 @@ pub fn score_split(
     cfg: &TrainConfig,
 ) -> Result<Scores> {
     let tokenized = tokenize_pairs(&backbone.tokenizer, examples, Some(cfg.prompt.m))?;
-    // Forward passes only: off the autodiff device (see `T5::for_inference`).
+    // Forward passes only: off the autodiff device (see `FrozenModel::for_inference`).
     let model = backbone.model.for_inference();
     let prompt = &prompt.clone().to_device(model.device(), false);
-    let loss = corpus_loss(&model, prompt, &tokenized, cfg.eval_batch_size).loss;
+    let loss = corpus_loss(model.as_ref(), prompt, &tokenized, cfg.eval_batch_size).loss;
     let labels = task.and_then(|t| t.labels());
     let scoring = if labels.is_none() {
         Scoring::Generate
@@ -190,7 +190,7 @@ pub fn score_split(
         cfg.scoring
     };
     let preds = predict(
-        &model,
+        model.as_ref(),
         &backbone.tokenizer,
         prompt,
         &tokenized,
@@ -291,7 +291,7 @@ pub fn train(
     let fresh = match &cfg.init_from {
         Some(path) => {
             let (p, meta) = checkpoint::load(path, &device)?;
-            checkpoint::check_fits(path, &p, backbone.model.d_model())?;
+            checkpoint::check_fits(path, &p, backbone.model.hidden_size())?;
             if meta.model != model_id {
                 log::warn!(
                     "{}: trained on `{}`, now used with `{model_id}` (same width, so it loads)",
@@ -323,7 +323,7 @@ pub fn train(
             }
             p
         }
-        None => build_prompt(&cfg.prompt, &backbone.model, &backbone.tokenizer)?,
+        None => build_prompt(&cfg.prompt, backbone.model.as_ref(), &backbone.tokenizer)?,
     };
     let groups: Vec<(ParamGroup, GroupSettings)> = fresh
         .params()
@@ -358,11 +358,10 @@ pub fn train(
         method: cfg.prompt.method.name().to_string(),
         materialized: false,
         model: model_id.to_string(),
-        d_model: backbone.model.d_model(),
+        d_model: backbone.model.hidden_size(),
         l: cfg.prompt.l,
     };
     let pad_to = if cfg.pad_to_max { cfg.prompt.m } else { 0 };
-    let mc = &backbone.model.config;
     let started = Instant::now();
     let first_step = state.step;
     for step in first_step..cfg.max_steps {
@@ -379,10 +378,9 @@ pub fn train(
             }
             let idx = state.queue.pop().expect("non-empty epoch");
             let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
-            let batch =
-                Seq2SeqBatch::padded_to(&rows, mc.pad_id(), mc.decoder_start_id(), pad_to, &device);
-            let loss =
-                batch_loss_sums(&backbone.model, &prompt, &batch).sum() / batch.n_tokens as f64;
+            let n_tokens: usize = rows.iter().map(|r| r.label_ids.len()).sum();
+            let loss = batch_loss_sums(backbone.model.as_ref(), &prompt, &rows, pad_to).sum()
+                / n_tokens as f64;
             let value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
             if !value.is_finite() {
                 return Err(Error::Numeric(format!(
@@ -392,7 +390,8 @@ pub fn train(
                 )));
             }
             loss_value += value / accum as f64;
-            tokens += batch.input_len * rows.len();
+            let input_len = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+            tokens += input_len.max(pad_to).max(1) * rows.len();
             let grads = (loss / accum as f64).backward();
             let micro: Vec<Option<Tensor<2>>> = prompt
                 .params()

@@ -217,11 +217,14 @@ fn bad_inputs_give_one_line_errors() {
     let dir = broken_copy("arch");
     let cfg = std::fs::read_to_string(dir.join("config.json"))
         .unwrap()
-        .replace("\"t5\"", "\"llama\"");
+        .replace("\"t5\"", "\"gemma\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
     assert!(
-        e.contains("config.json") && e.contains("model_type") && e.contains("llama"),
+        e.contains("config.json")
+            && e.contains("model_type")
+            && e.contains("gemma")
+            && e.contains("llama, mistral or qwen2"),
         "{e}"
     );
 

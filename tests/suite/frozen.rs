@@ -5,16 +5,19 @@ use crate::common;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use ept::evaluate::batch_loss_sums;
-use ept::model::Backbone;
-use ept::model::batch::{Seq2SeqBatch, TokenizedExample};
+use ept::io::weights::FloatType;
+use ept::model::batch::TokenizedExample;
 use ept::model::t5::WeightRef;
+use ept::model::{Backbone, T5};
 use ept::prompt::SoftPrompt;
 
 #[test]
 fn backward_reaches_the_prompt_and_no_weight() {
     let device = ept::runtime::cpu_device(true);
     let b = Backbone::load(&common::model_dir("gated-untied"), None, &device).unwrap();
-    let d = b.model.d_model();
+    // The same checkpoint as a T5, to list its weights.
+    let t5 = T5::load(&common::model_dir("gated-untied"), FloatType::F32, &device).unwrap();
+    let d = b.model.hidden_size();
     let values: Vec<f32> = (0..3 * d).map(|i| ((i % 17) as f32 - 8.0) * 0.05).collect();
     let prompt = SoftPrompt {
         prompt: Tensor::from_data(TensorData::new(values, [3, d]), (&device, DType::F32)),
@@ -34,9 +37,8 @@ fn backward_reaches_the_prompt_and_no_weight() {
             label_ids: b.tokenizer.encode("no it did not", None).unwrap(),
         },
     ];
-    let cfg = &b.model.config;
-    let batch = Seq2SeqBatch::new(&examples, cfg.pad_id(), cfg.decoder_start_id(), &device);
-    let loss = batch_loss_sums(&b.model, &prompt, &batch).sum() / batch.n_tokens as f64;
+    let n_tokens: usize = examples.iter().map(|e| e.label_ids.len()).sum();
+    let loss = batch_loss_sums(&t5, &prompt, &examples, 0).sum() / n_tokens as f64;
     let grads = loss.backward();
     let g = prompt
         .prompt
@@ -44,7 +46,7 @@ fn backward_reaches_the_prompt_and_no_weight() {
         .expect("the prompt has a gradient");
     let norm: f32 = g.abs().sum().into_scalar();
     assert!(norm > 0.0, "prompt gradient is zero");
-    let weights = b.model.weights();
+    let weights = t5.weights();
     assert!(weights.len() > 20);
     for (name, w) in weights {
         let has_grad = match w {

@@ -12,6 +12,7 @@ mod cli;
 mod config_sweep;
 mod export;
 mod frozen;
+mod llama_parity;
 mod metrics;
 mod optim;
 mod organism;

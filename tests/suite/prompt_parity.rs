@@ -16,7 +16,7 @@ use burn::tensor::{DType, Tensor};
 use common::{close, fixtures};
 use ept::evaluate::{batch_loss_sums, tokenize_pairs};
 use ept::model::Backbone;
-use ept::model::batch::{Seq2SeqBatch, TokenizedExample};
+use ept::model::batch::TokenizedExample;
 use ept::prompt::{PromptInput, SoftPrompt, checkpoint};
 use ept::tensors::to_f32_vec;
 use serde::Deserialize;
@@ -33,7 +33,7 @@ struct Reference {
     loss_padded_to_m: Option<f64>,
 }
 
-const CASES: [&str; 11] = [
+const CASES: [&str; 17] = [
     "pt",
     "dept",
     "ept-cross",
@@ -45,6 +45,12 @@ const CASES: [&str; 11] = [
     "ablate-multispace",
     "ept-cross-gated",
     "ept-short-batch",
+    "llama-pt",
+    "llama-dept",
+    "llama-ept-cross",
+    "llama-ept-literal",
+    "llama-ept-prompt-softmax",
+    "qwen2-ept-cross-gated",
 ];
 
 fn case_dir(case: &str) -> PathBuf {
@@ -77,15 +83,8 @@ fn mean_loss(
     ex: &[TokenizedExample],
     pad_to: usize,
 ) -> Tensor<1> {
-    let cfg = &b.model.config;
-    let batch = Seq2SeqBatch::padded_to(
-        ex,
-        cfg.pad_id(),
-        cfg.decoder_start_id(),
-        pad_to,
-        b.model.device(),
-    );
-    batch_loss_sums(&b.model, prompt, &batch).sum() / batch.n_tokens as f64
+    let n_tokens: usize = ex.iter().map(|e| e.label_ids.len()).sum();
+    batch_loss_sums(b.model.as_ref(), prompt, ex, pad_to).sum() / n_tokens as f64
 }
 
 fn scalar(t: Tensor<1>) -> f64 {
@@ -162,7 +161,7 @@ fn check_case(case: &str) {
     let eval_dev = ept::runtime::cpu_device(false);
     let b_eval = Backbone::load(&model_path(&r), None, &eval_dev).unwrap();
     let (p_eval, _) = checkpoint::load(&path, &eval_dev).unwrap();
-    let sums = ept::evaluate::example_loss_sums(&b_eval.model, &p_eval, &ex, 1);
+    let sums = ept::evaluate::example_loss_sums(b_eval.model.as_ref(), &p_eval, &ex, 1);
     for (i, (got, want)) in sums.iter().zip(&r.per_example_loss_sum).enumerate() {
         assert!(
             close(*got, *want, 1e-4, 1e-3),
@@ -236,6 +235,69 @@ fn ept_on_gated_untied_t5() {
 #[test]
 fn inputs_shorter_than_m_equal_padding_to_m() {
     check_case("ept-short-batch");
+}
+
+// Decoders (PEFT's CAUSAL_LM composition; A·B on source and target positions < m).
+#[test]
+fn decoder_prompt_tuning() {
+    check_case("llama-pt");
+}
+#[test]
+fn decoder_dept() {
+    check_case("llama-dept");
+}
+#[test]
+fn decoder_ept_cross_attention() {
+    check_case("llama-ept-cross");
+}
+#[test]
+fn decoder_ept_literal() {
+    check_case("llama-ept-literal");
+}
+#[test]
+fn decoder_ept_prompt_softmax() {
+    check_case("llama-ept-prompt-softmax");
+}
+#[test]
+fn decoder_ept_on_qwen2() {
+    check_case("qwen2-ept-cross-gated");
+}
+
+/// Generation with the key/value cache, a prompt and A·B (row j at text
+/// position j, generated tokens included) equals greedy decoding by full
+/// recomputation, one by one and in a padded batch.
+#[test]
+fn decoder_generation_with_a_prompt_equals_full_recomputation() {
+    for case in ["llama-ept-cross", "qwen2-ept-cross-gated"] {
+        let r = reference(case);
+        let device = ept::runtime::cpu_device(false);
+        let dir = model_path(&r);
+        let b = Backbone::load(&dir, None, &device).unwrap();
+        let llama =
+            ept::model::Llama::load(&dir, ept::io::weights::FloatType::F32, &device).unwrap();
+        let (prompt, _) =
+            checkpoint::load(&case_dir(case).join("prompt.safetensors"), &device).unwrap();
+        let soft = prompt.soft_input();
+        let inputs: Vec<Vec<u32>> = examples(&r).into_iter().map(|e| e.input_ids).collect();
+        let steps = 6;
+        let alone = ept::evaluate::generate_ids(b.model.as_ref(), &prompt, &inputs, 1, steps);
+        let together = ept::evaluate::generate_ids(b.model.as_ref(), &prompt, &inputs, 4, steps);
+        let eos = llama.config.eos_ids();
+        for (i, input) in inputs.iter().enumerate() {
+            let mut text = input.clone();
+            let mut want = Vec::new();
+            for _ in 0..steps {
+                let next = llama.greedy_next(&soft, &text);
+                want.push(next);
+                text.push(next);
+                if eos.contains(&next) {
+                    break;
+                }
+            }
+            assert_eq!(alone[i], want, "{case} example {i}: cached generation");
+            assert_eq!(together[i], want, "{case} example {i}: batched generation");
+        }
+    }
 }
 
 #[test]

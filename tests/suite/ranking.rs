@@ -25,7 +25,7 @@ fn ranking_agrees_with_per_option_losses() {
         .iter()
         .map(|l| b.tokenizer.encode(l, None).unwrap())
         .collect();
-    let best = rank_options(&b.model, &NoPrompt, &inputs, &options, 4);
+    let best = rank_options(b.model.as_ref(), &NoPrompt, &inputs, &options, 4);
     for (i, input) in inputs.iter().enumerate() {
         let per_option: Vec<TokenizedExample> = options
             .iter()
@@ -34,7 +34,7 @@ fn ranking_agrees_with_per_option_losses() {
                 label_ids: o.clone(),
             })
             .collect();
-        let nll = example_loss_sums(&b.model, &NoPrompt, &per_option, 1);
+        let nll = example_loss_sums(b.model.as_ref(), &NoPrompt, &per_option, 1);
         let want = (0..nll.len())
             .min_by(|&a, &c| nll[a].total_cmp(&nll[c]))
             .unwrap();
@@ -48,7 +48,7 @@ fn ranking_agrees_with_per_option_losses() {
         })
         .collect();
     let preds = predict(
-        &b.model,
+        b.model.as_ref(),
         &b.tokenizer,
         &NoPrompt,
         &tokenized,

@@ -10,8 +10,8 @@ use crate::common;
 use common::{close, model_dir};
 use ept::evaluate::{corpus_loss, example_loss_sums, generate_ids};
 use ept::io::weights::FloatType;
-use ept::model::Backbone;
 use ept::model::batch::{Seq2SeqBatch, TokenizedExample};
+use ept::model::{Backbone, T5};
 use ept::prompt::NoPrompt;
 use serde::Deserialize;
 
@@ -78,8 +78,8 @@ fn check_model(name: &str) {
         });
     }
     // One by one, then all in one padded batch.
-    let single = example_loss_sums(&b.model, &NoPrompt, &examples, 1);
-    let batched = example_loss_sums(&b.model, &NoPrompt, &examples, examples.len());
+    let single = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, 1);
+    let batched = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, examples.len());
     for (i, e) in r.examples.iter().enumerate() {
         assert!(
             close(single[i], e.loss_sum, 1e-4, 1e-3),
@@ -94,7 +94,7 @@ fn check_model(name: &str) {
             single[i]
         );
     }
-    let report = corpus_loss(&b.model, &NoPrompt, &examples, 4);
+    let report = corpus_loss(b.model.as_ref(), &NoPrompt, &examples, 4);
     assert!(
         close(report.loss, r.mean_loss, 1e-4, 1e-6),
         "{name}: mean loss {} vs {}",
@@ -104,20 +104,24 @@ fn check_model(name: &str) {
     assert!(close(report.loss, r.batch_mean_loss, 1e-4, 1e-6));
 
     // Full teacher-forced logits where recorded.
-    let cfg = &b.model.config;
+    let t5 = T5::load(
+        &model_dir(name),
+        FloatType::F32,
+        &ept::runtime::cpu_device(false),
+    )
+    .unwrap();
+    let cfg = &t5.config;
     for (i, e) in r.examples.iter().enumerate() {
         let Some(want) = &e.logits else { continue };
         let batch = Seq2SeqBatch::new(
             &examples[i..=i],
             cfg.pad_id(),
             cfg.decoder_start_id(),
-            b.model.device(),
+            t5.device(),
         );
-        let emb = b.model.embed(batch.input_ids.clone());
-        let enc = b.model.encode_embeds(emb, &batch.attention_mask);
-        let logits = b
-            .model
-            .decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
+        let emb = t5.embed(batch.input_ids.clone());
+        let enc = t5.encode_embeds(emb, &batch.attention_mask);
+        let logits = t5.decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
         let got = ept::tensors::to_f32_vec(logits);
         let v = want[0].len();
         assert_eq!(got.len(), want.len() * v, "{name}: logits shape");
@@ -133,8 +137,8 @@ fn check_model(name: &str) {
 
     // Greedy generation, token for token.
     let inputs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
-    let alone = generate_ids(&b.model, &NoPrompt, &inputs, 1, 12);
-    let together = generate_ids(&b.model, &NoPrompt, &inputs, inputs.len(), 12);
+    let alone = generate_ids(b.model.as_ref(), &NoPrompt, &inputs, 1, 12);
+    let together = generate_ids(b.model.as_ref(), &NoPrompt, &inputs, inputs.len(), 12);
     for (i, e) in r.examples.iter().enumerate() {
         assert_eq!(
             alone[i], e.generated_ids,
@@ -191,7 +195,7 @@ fn bf16_compute_is_close_to_torch_bf16() {
             label_ids: e.label_ids.clone(),
         })
         .collect();
-    let got = corpus_loss(&b.model, &NoPrompt, &examples, 6).loss;
+    let got = corpus_loss(b.model.as_ref(), &NoPrompt, &examples, 6).loss;
     assert!(
         close(got, want, 2e-2, 1e-3),
         "bf16 loss {got} vs torch bf16 {want}"
