@@ -3,16 +3,9 @@
 //! One file per architecture (`t5.rs`), its `config.json` mirror in
 //! `config.rs`, and [`Backbone`]: the model, its tokenizer and where they came from.
 
-pub mod amx;
-pub mod attention_kernel;
 pub mod batch;
 pub mod config;
-pub mod cross_attention_kernel;
-pub mod dpbf16;
-pub mod fused;
-pub mod matmul;
 pub mod random;
-pub mod rowdot;
 pub mod save;
 pub mod t5;
 pub mod tokenizer;

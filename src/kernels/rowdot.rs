@@ -10,7 +10,7 @@
 //! `W` in L1 and dots them with every row of `A` (in L2), so `W` streams from
 //! memory once, with sixteen AVX-512 accumulators per 4 × 4 tile (11.7 ms).
 //! Prompt tuning's training step has the same shape at the head: a few
-//! target tokens per example ([`crate::model::fused::few_rows_matmul`]).
+//! target tokens per example ([`super::linear::few_rows_matmul`]).
 //!
 //! [`rows_times_transposed`] uses AVX-512 where the CPU has it and returns
 //! `None` elsewhere (the caller then takes burn's product); the sums run in

@@ -183,7 +183,7 @@ pub fn forward(
             // P = softmax(S + bias), row by row
             for (r, p_row) in p.chunks_exact_mut(k_len).enumerate() {
                 let (h, t) = (r / q_len, r % q_len);
-                super::fused::softmax_row_in_place(p_row, bias.row(e, h, t, k_len));
+                super::softmax::softmax_row_in_place(p_row, bias.row(e, h, t, k_len));
             }
             // Z = P·enc
             product(
@@ -274,7 +274,7 @@ pub fn backward(
         }
         // dS = P ⊙ (dP − Σ dP⊙P), row by row
         for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
-            super::fused::softmax_backward_row(ds_row, p_row);
+            super::softmax::softmax_backward_row(ds_row, p_row);
         }
         // SAFETY: as above.
         unsafe {

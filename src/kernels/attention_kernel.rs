@@ -197,7 +197,7 @@ pub fn forward(
                 let p = std::slice::from_raw_parts_mut(p_ptr, block);
                 // P = softmax(S + bias), row by row
                 for (row, p_row) in p.chunks_exact_mut(k_len).enumerate() {
-                    super::fused::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
+                    super::softmax::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
                 }
                 // O = P·V, into this head's columns
                 product(
@@ -308,7 +308,7 @@ pub fn backward(
                 let ds = std::slice::from_raw_parts_mut(ds_ptr, block);
                 // dS = P ⊙ (dP − Σ_j dP⊙P), row by row
                 for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
-                    super::fused::softmax_backward_row(ds_row, p_row);
+                    super::softmax::softmax_backward_row(ds_row, p_row);
                 }
                 // dQ = dS·K
                 product(
