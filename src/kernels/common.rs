@@ -44,6 +44,37 @@ pub(super) fn strided_f32(t: &FlexTensor) -> (&[f32], Vec<usize>) {
     (&t.storage::<f32>()[t.layout().start_offset()..], strides)
 }
 
+/// The result's base pointer, shared by tasks that write disjoint parts of it.
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: see `matmul`: tasks never write the same element.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Copies the top-left `rows × cols` of a kernel's block (row stride
+    /// `block_stride`) to rows `row0..` and columns `col0..` of the row-major
+    /// result of width `n`: the part of the block inside the result.
+    ///
+    /// # Safety
+    /// Those elements lie inside the result and no other thread writes them;
+    /// `block` holds `rows` rows of `block_stride`.
+    pub(super) unsafe fn write_block(
+        &self,
+        block: &[f32],
+        block_stride: usize,
+        [row0, col0]: [usize; 2],
+        [rows, cols]: [usize; 2],
+        n: usize,
+    ) {
+        for r in 0..rows {
+            let src = &block[r * block_stride..r * block_stride + cols];
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add((row0 + r) * n + col0), cols)
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 pub(super) mod testing {
     use super::*;

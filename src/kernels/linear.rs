@@ -20,8 +20,9 @@ use burn::backend::{
 use burn::tensor::{DType, Device, FloatDType, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::amx::{self, PackedB, PackedLinear};
+use super::amx;
 use super::common::{contiguous_f32, flex_f32, flex_tensor, forward_strides, strided_f32};
+use super::packed::{PackedB, PackedLinear, round_bf16};
 use super::{enabled, matmul, rowdot};
 
 /// `x·W` in bf16-mixed precision: `x` rounded to bf16, products summed in f32,
@@ -208,7 +209,7 @@ fn bf16_product(
             flex_tensor(out, Shape::from(out_dims))
         }
         _ => {
-            let rounded: Vec<f32> = values.par_iter().map(|&v| amx::round_bf16(v)).collect();
+            let rounded: Vec<f32> = values.par_iter().map(|&v| round_bf16(v)).collect();
             let a2 = flex_tensor(rounded, Shape::from(vec![m, k]));
             // A bf16 weight (kept beside its AMX copy) is exact in f32.
             let weight = Flex::float_cast(weight, FloatDType::F32);

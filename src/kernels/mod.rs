@@ -35,7 +35,7 @@
 //! - `matmul.rs`: dense f32 products into unzeroed buffers (the gemm crate);
 //! - `rowdot.rs`: a few rows times a wide row-major weight (the LM head);
 //! - `amx.rs`, `dpbf16.rs`: bf16 products on packed frozen weights, on AMX
-//!   tiles or AVX512-BF16 dot products;
+//!   tiles or AVX512-BF16 dot products; `packed.rs`: the tile layout they read;
 //! - `common.rs`: the Flex tensor helpers they share, and the tests' helpers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +52,7 @@ pub mod elementwise;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
+pub mod packed;
 pub mod rowdot;
 pub mod softmax;
 
