@@ -15,8 +15,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::common::{contiguous_f32, flex_f32, flex_tensor};
-use super::enabled;
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor};
 
 /// T5 v1.1's gated feed-forward activation, `gelu_new(gate) ⊙ linear`, where
 /// `gelu_new` is the tanh approximation of GELU.

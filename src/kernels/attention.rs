@@ -15,8 +15,7 @@ use burn::backend::{
 use burn::tensor::{DType, Shape, Tensor};
 
 use super::attention_kernel;
-use super::common::{contiguous_f32, flex_f32, flex_tensor, forward_strides, strided_f32};
-use super::enabled;
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, forward_strides, strided_f32};
 use super::softmax::softmax_with_bias;
 
 /// T5's multi-head attention, `softmax(q·kᵀ + bias)·v` per head with

@@ -1,9 +1,30 @@
-//! What the fused kernels share: the switch test for the Flex f32 path, the
-//! Flex tensor views and constructors, the rows per rayon task, and the
-//! tests' helpers.
+//! What the kernels share: the on/off switch and the test for the Flex f32
+//! path, the Flex tensor views and constructors, the rows per rayon task, the
+//! pointer that parallel tasks write through, and the tests' helpers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for the whole process (on by default).
+/// Off, every call takes the plain tensor operations: for benchmarks that
+/// measure what the kernels buy, and for checking one against the other.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// "fused" or "plain", as the benchmarks report [`enabled`].
+pub fn kernels_name() -> &'static str {
+    if enabled() { "fused" } else { "plain" }
+}
 
 /// The fused kernels apply to f32 tensors on the Flex CPU backend.
 pub(super) fn flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
@@ -44,12 +65,23 @@ pub(super) fn strided_f32(t: &FlexTensor) -> (&[f32], Vec<usize>) {
     (&t.storage::<f32>()[t.layout().start_offset()..], strides)
 }
 
-/// The result's base pointer, shared by tasks that write disjoint parts of it.
+/// A result buffer's base pointer, shared by rayon tasks that write disjoint
+/// parts of it (their rows, columns, head or block), while the buffer
+/// outlives the parallel loop: each user says which parts are whose.
+#[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: see `matmul`: tasks never write the same element.
+// SAFETY: the tasks that share it write disjoint elements through it, and the
+// buffer outlives the parallel loop (each use site states its partition).
+unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
+    /// The element `offset` places on (a method, so that closures capture
+    /// the `Send` wrapper, not its raw pointer field).
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+
     /// Copies the top-left `rows × cols` of a kernel's block (row stride
     /// `block_stride`) to rows `row0..` and columns `col0..` of the row-major
     /// result of width `n`: the part of the block inside the result.

@@ -15,9 +15,8 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 
 use super::attention::{attention, bias_of, expanded_bias};
-use super::common::{contiguous_f32, flex_f32, flex_tensor, forward_strides, strided_f32};
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, forward_strides, strided_f32};
 use super::cross_attention_kernel;
-use super::enabled;
 use super::linear::frozen_linear;
 
 /// The decoder's cross-attention of the projected queries `q` `[b, t_q,

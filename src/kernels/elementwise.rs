@@ -14,8 +14,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::common::{contiguous_f32, flex_f32, flex_tensor};
-use super::enabled;
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor};
 
 /// `max(x, 0)` elementwise (NaN kept, as burn and PyTorch keep it): for f32
 /// on Flex, parallel and in place when `x` holds the only reference to its

@@ -21,9 +21,9 @@ use burn::tensor::{DType, Device, FloatDType, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::amx;
-use super::common::{contiguous_f32, flex_f32, flex_tensor, forward_strides, strided_f32};
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, forward_strides, strided_f32};
 use super::packed::{PackedB, PackedLinear, round_bf16};
-use super::{enabled, matmul, rowdot};
+use super::{matmul, rowdot};
 
 /// `x·W` in bf16-mixed precision: `x` rounded to bf16, products summed in f32,
 /// as PyTorch's bf16 autocast computes a linear layer. `weight` is `[in, out]`,

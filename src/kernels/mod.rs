@@ -36,9 +36,9 @@
 //! - `rowdot.rs`: a few rows times a wide row-major weight (the LM head);
 //! - `amx.rs`, `dpbf16.rs`: bf16 products on packed frozen weights, on AMX
 //!   tiles or AVX512-BF16 dot products; `packed.rs`: the tile layout they read;
-//! - `common.rs`: the Flex tensor helpers they share, and the tests' helpers.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! - `common.rs`: what they share: the on/off switch ([`set_enabled`]), the
+//!   Flex tensor helpers, the pointer parallel tasks write through, the tests'
+//!   helpers.
 
 pub mod activation;
 pub mod amx;
@@ -58,27 +58,9 @@ pub mod softmax;
 
 pub use activation::{gated_gelu, gated_gelu_reference};
 pub use attention::{attention, attention_reference};
+pub use common::{enabled, kernels_name, set_enabled};
 pub use cross_attention::{cross_attention, cross_attention_reference};
 pub use elementwise::{relu, residual_add};
 pub use linear::{bf16_linear, bf16_linear_reference, few_rows_matmul, frozen_linear};
 pub use norm::{rms_norm, rms_norm_reference};
 pub use softmax::{softmax_with_bias, softmax_with_bias_reference};
-
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns the fused kernels on or off for the whole process (on by default).
-/// Off, every call takes the plain tensor operations: for benchmarks that
-/// measure what the kernels buy, and for checking one against the other.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
-
-/// Whether the fused kernels are on (see [`set_enabled`]).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// "fused" or "plain", as the benchmarks report [`enabled`].
-pub fn kernels_name() -> &'static str {
-    if enabled() { "fused" } else { "plain" }
-}

@@ -17,8 +17,7 @@ use burn::backend::{
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::common::{contiguous_f32, flex_f32, flex_tensor, rows_per_task};
-use super::enabled;
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, rows_per_task};
 
 /// T5LayerNorm, `weight * x / sqrt(mean(x²) + eps)` over the last dimension.
 pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {

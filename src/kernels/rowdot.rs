@@ -19,6 +19,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::common::SendPtr;
+
 /// Rows of `W` per rayon task (a multiple of the tile's four).
 const ROWS_PER_TASK: usize = 256;
 
@@ -52,13 +55,6 @@ pub fn rows_times_transposed(
     let _ = (a, m, w, n, k);
     None
 }
-
-/// A raw pointer the rayon tasks share; each writes a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `rows_times_transposed`: writes through it never overlap.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

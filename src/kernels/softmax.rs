@@ -20,8 +20,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{contiguous_f32, flex_f32, flex_tensor, rows_per_task};
-use super::enabled;
+use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, rows_per_task};
 
 /// `softmax(scores + bias)` over the last dimension; `bias` broadcasts to `scores`.
 pub fn softmax_with_bias(scores: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
