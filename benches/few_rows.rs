@@ -1,7 +1,7 @@
 //! Products with few rows, as decoding runs them (docs/BENCHMARKS.md,
 //! "Validation scoring"): a dense weight as a transposed view of PyTorch's
 //! `[out, in]` layout against a row-major copy, and the LM head through
-//! `fused::few_rows_matmul` (the row-dot kernel) against burn's product.
+//! `kernels::few_rows_matmul` (the row-dot kernel) against burn's product.
 //!
 //!     cargo bench --bench few_rows
 //!
@@ -45,9 +45,9 @@ fn main() {
             ("head, few_rows_matmul", true),
             ("head, burn's product", false),
         ] {
-            ept::model::fused::set_enabled(fused);
+            ept::kernels::set_enabled(fused);
             let ms = common::median_ms(21, || {
-                let _ = ept::model::fused::few_rows_matmul(x.clone(), head.clone()).into_data();
+                let _ = ept::kernels::few_rows_matmul(x.clone(), head.clone()).into_data();
             });
             report(what, [m, 512, 32128], ms);
         }

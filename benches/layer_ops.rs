@@ -12,7 +12,7 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor};
-use ept::model::fused;
+use ept::kernels;
 
 type Dense = fn(Tensor<3>, Tensor<2>) -> Tensor<3>;
 type Attention = fn(Tensor<3>, Tensor<3>, Tensor<3>, Tensor<4>, usize) -> Tensor<3>;
@@ -41,9 +41,9 @@ fn main() {
     };
     for (what, plain) in [("ept kernel", false), ("burn ops", true)] {
         let f = if plain {
-            fused::rms_norm_reference
+            kernels::rms_norm_reference
         } else {
-            fused::rms_norm
+            kernels::rms_norm
         };
         time(&format!("rms_norm, {what}"), &|| {
             f(x.clone().require_grad(), norm_w.clone(), 1e-6).sum()
@@ -56,7 +56,7 @@ fn main() {
         (&up, &w_down, "2048->512"),
     ] {
         let versions: [(&str, Dense); 2] = [
-            ("ept kernel", fused::frozen_linear),
+            ("ept kernel", kernels::frozen_linear),
             ("burn ops", burn_linear),
         ];
         for (what, dense) in versions {
@@ -66,8 +66,8 @@ fn main() {
         }
     }
     let versions: [(&str, Attention); 2] = [
-        ("ept kernel", fused::attention),
-        ("burn ops", fused::attention_reference),
+        ("ept kernel", kernels::attention),
+        ("burn ops", kernels::attention_reference),
     ];
     for (what, attention) in versions {
         time(&format!("attention, {what}"), &|| {
@@ -80,8 +80,8 @@ fn main() {
     let q_dec: Tensor<3> = Tensor::random([b, 4, d], n, &device);
     let mask_bias: Tensor<4> = Tensor::zeros([b, 1, 1, t], &device);
     let versions: [(&str, CrossAttention); 2] = [
-        ("ept kernel", fused::cross_attention),
-        ("burn ops", fused::cross_attention_reference),
+        ("ept kernel", kernels::cross_attention),
+        ("burn ops", kernels::cross_attention_reference),
     ];
     for (what, cross) in versions {
         time(&format!("cross-attention 4 x 228, {what}"), &|| {
@@ -90,7 +90,7 @@ fn main() {
         });
     }
     let versions: [(&str, Unary); 2] = [
-        ("ept kernel", fused::relu),
+        ("ept kernel", kernels::relu),
         ("burn ops", burn::tensor::activation::relu),
     ];
     for (what, relu) in versions {
@@ -100,8 +100,10 @@ fn main() {
         });
     }
     let burn_add: Binary = |a, b| a + b;
-    let versions: [(&str, Binary); 2] =
-        [("ept kernel", fused::residual_add), ("burn ops", burn_add)];
+    let versions: [(&str, Binary); 2] = [
+        ("ept kernel", kernels::residual_add),
+        ("burn ops", burn_add),
+    ];
     for (what, add) in versions {
         time(&format!("residual add, {what}"), &|| {
             add(x.clone().require_grad(), x.clone().require_grad() * 1.0).sum()
@@ -116,9 +118,9 @@ fn main() {
         let bias = e.attn.position_bias(t, t, 0, true, &model.config);
         let h = x.clone().require_grad();
         let attn = e.attn.forward(e.attn_norm.forward(h.clone()), None, &bias);
-        let h = fused::residual_add(h, attn);
+        let h = kernels::residual_add(h, attn);
         let ff = e.ff.forward(e.ff_norm.forward(h.clone()));
-        fused::residual_add(h, ff).sum()
+        kernels::residual_add(h, ff).sum()
     });
     time("encoder, 6 blocks", &|| {
         model.encode_embeds(x.clone().require_grad(), &mask).sum()

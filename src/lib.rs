@@ -5,6 +5,8 @@
 //! Hugging Face files. Dependencies point one way, from file formats up:
 //!
 //! - [`io`]: safetensors checkpoints and the Hugging Face cache;
+//! - [`kernels`]: fused CPU kernels with their own backward (norm, softmax,
+//!   activations, products, attention), under the backbones;
 //! - [`model`]: frozen backbones (T5), their configs and tokenizers;
 //! - [`prompt`]: the trainable parametrisations (PT, DePT, EPT);
 //! - [`data`]: readers, task formatting, splits, batching;
@@ -18,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod io;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod organism;

@@ -11,60 +11,9 @@ use crate::data::format::Example;
 use crate::data::tasks::Task;
 use crate::error::{Error, Result};
 
-/// One reported metric. `key()` is the name used in result files (DePT's keys).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Metric {
-    /// Exact string match of prediction and target.
-    Accuracy,
-    /// Binary F1 of class "1"; a prediction other than "0"/"1" counts as the opposite of the gold
-    /// label (DePT's `f1_score_with_invalid`, used for MRPC, QQP and MultiRC).
-    F1,
-    /// Unweighted mean of the per-class F1 over the task's classes (CB's `f1_multiclass`); an
-    /// invalid prediction is a miss for the true class and a false alarm for no class.
-    MacroF1,
-    /// Matthews correlation; invalid predictions form an extra class (sklearn's behaviour).
-    Matthews,
-    /// Pearson correlation of the parsed scores (unparsable prediction → -1; NaN → 0).
-    Pearson,
-    /// Spearman correlation (average ranks for ties; NaN → 0).
-    Spearman,
-    /// MultiRC exact match: share of questions whose answer options are all predicted right.
-    GroupExactMatch,
-    /// SQuAD exact match after normalisation, max over gold answers.
-    SquadEm,
-    /// SQuAD token F1 after normalisation, max over gold answers.
-    SquadF1,
-}
-
-impl Metric {
-    /// The key in result maps, as DePT names it.
-    pub fn key(self) -> &'static str {
-        match self {
-            Metric::Accuracy => "accuracy",
-            Metric::F1 | Metric::SquadF1 => "f1",
-            Metric::MacroF1 => "f1_multiclass",
-            Metric::Matthews => "matthews_correlation",
-            Metric::Pearson => "pearson",
-            Metric::Spearman => "spearmanr",
-            Metric::GroupExactMatch | Metric::SquadEm => "em",
-        }
-    }
-
-    /// One-line description for `ept tasks show`.
-    pub fn description(self) -> &'static str {
-        match self {
-            Metric::Accuracy => "accuracy (exact string match)",
-            Metric::F1 => "binary F1 of class 1; invalid predictions count as wrong",
-            Metric::MacroF1 => "macro-averaged F1 over the classes",
-            Metric::Matthews => "Matthews correlation coefficient",
-            Metric::Pearson => "Pearson correlation (unparsable prediction = -1)",
-            Metric::Spearman => "Spearman rank correlation (unparsable prediction = -1)",
-            Metric::GroupExactMatch => "exact match per question (all answer options right)",
-            Metric::SquadEm => "SQuAD exact match (normalised, max over gold answers)",
-            Metric::SquadF1 => "SQuAD token F1 (normalised, max over gold answers)",
-        }
-    }
-}
+/// Declared with the tasks (each [`Task`] lists its metrics), so that this module reads the
+/// data layer and never the other way round.
+pub use crate::data::tasks::Metric;
 
 /// Scores `predictions` (decoded model outputs, one per example) for `task`. Returns every metric
 /// of `task.metrics()` under its key. Errors when the lengths differ or nothing is given.

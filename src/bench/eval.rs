@@ -99,7 +99,7 @@ pub fn run(s: &EvalBenchSettings) -> Result<EvalBenchReport> {
     Ok(EvalBenchReport {
         implementation: "ept (burn-flex)",
         settings: s.clone(),
-        kernels: crate::model::fused::kernels_name().to_string(),
+        kernels: crate::kernels::kernels_name().to_string(),
         batches: batches.len(),
         padded_tokens,
         real_tokens: w.lengths.iter().sum(),

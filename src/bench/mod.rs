@@ -216,10 +216,10 @@ pub struct BenchReport {
     pub process_threads: usize,
     /// The allocator setting in force (see [`crate::runtime::tune_allocator`]).
     pub allocator: String,
-    /// "fused" or "plain": whether the fused CPU kernels were on ([`crate::model::fused`]).
+    /// "fused" or "plain": whether the fused CPU kernels were on ([`crate::kernels`]).
     pub kernels: String,
     /// In bf16-mixed precision, the dense layers' path: "amx", "avx512bf16"
-    /// or "portable" ([`crate::model::amx::kernel`]); empty otherwise.
+    /// or "portable" ([`crate::kernels::amx::kernel`]); empty otherwise.
     pub bf16_kernel: String,
     /// Every measured step, in order (warm-up excluded).
     pub step_s: Vec<f64>,
@@ -459,9 +459,9 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         threads: worker_threads(),
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
         allocator: allocator.to_string(),
-        kernels: crate::model::fused::kernels_name().to_string(),
+        kernels: crate::kernels::kernels_name().to_string(),
         bf16_kernel: match settings.dtype {
-            FloatType::Bf16Mixed => crate::model::amx::path_name().to_string(),
+            FloatType::Bf16Mixed => crate::kernels::amx::path_name().to_string(),
             _ => String::new(),
         },
         min_s: step_s.iter().copied().fold(f64::INFINITY, f64::min),

@@ -256,7 +256,7 @@ pub fn run(s: &TaskBenchSettings) -> Result<TaskBenchReport> {
     Ok(TaskBenchReport {
         implementation: "ept (burn-flex)",
         settings: s.clone(),
-        kernels: crate::model::fused::kernels_name().to_string(),
+        kernels: crate::kernels::kernels_name().to_string(),
         batches: order.len(),
         padded_tokens,
         real_tokens: lengths.iter().sum(),

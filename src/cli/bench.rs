@@ -110,7 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     settings.warmup = args.warmup;
     settings.seed = args.seed;
     settings.dtype = FloatType::parse(&args.dtype)?;
-    ept::model::fused::set_enabled(!args.plain_ops);
+    ept::kernels::set_enabled(!args.plain_ops);
     if let Some(task) = &args.task {
         settings.batch = args.batch.unwrap_or(32);
         settings.len = args.len.unwrap_or(256);

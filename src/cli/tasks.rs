@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ept::Result;
+use ept::data::describe;
 use ept::data::readers::Caches;
 use ept::data::splits::{Split, expected_sizes};
-use ept::data::tasks::describe;
 use ept::data::{Purpose, Task, load_split};
 
 #[derive(Args)]

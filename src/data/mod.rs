@@ -15,6 +15,7 @@ pub use tasks::Task;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use tasks::SplitRule;
 
 /// One split of a task, ready for training or evaluation.
 #[derive(Clone, Debug)]
@@ -83,4 +84,84 @@ pub fn load_user_file(path: &Path) -> Result<Vec<Example>> {
         .enumerate()
         .map(|(row, r)| format::format_user_row(r, RowSource { path, row }))
         .collect()
+}
+
+/// A multi-line description of `task` for `ept tasks show`: data source, template, labels,
+/// metrics, split rule and sizes.
+pub fn describe(task: Task) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{} ({})", task.display_name(), task.name());
+    let _ = writeln!(
+        s,
+        "  data:       {} (config `{}`)",
+        task.hub_repos()[0],
+        task.hub_config()
+    );
+    let _ = writeln!(s, "  source:     {}", task.template());
+    match (task.labels(), task.label_names()) {
+        (Some(labels), Some(names)) => {
+            let pairs: Vec<String> = labels
+                .iter()
+                .zip(names)
+                .map(|(l, n)| format!("\"{l}\" = {n}"))
+                .collect();
+            let _ = writeln!(s, "  target:     {}", pairs.join(", "));
+        }
+        (Some(labels), None) => {
+            let _ = writeln!(
+                s,
+                "  target:     score rounded to one decimal ({} values, {} .. {})",
+                labels.len(),
+                labels[0],
+                labels[labels.len() - 1]
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                s,
+                "  target:     answer text (scored against all gold answers)"
+            );
+        }
+    }
+    let metrics: Vec<String> = task
+        .metrics()
+        .iter()
+        .map(|m| format!("{} ({})", m.key(), m.description()))
+        .collect();
+    let _ = writeln!(s, "  metrics:    {}", metrics.join("; "));
+    let _ = writeln!(s, "  selection:  {}", task.selection_metric().key());
+    let rule = match task.split_rule() {
+        SplitRule::HalveValidation => {
+            "published validation shuffled (torch.randperm, seed 42) and halved into validation/test"
+        }
+        SplitRule::TrainHoldout => {
+            "1,000 shuffled train rows (torch.randperm, seed 42) become validation; published validation is test"
+        }
+        SplitRule::Mnli => "validation = validation_mismatched, test = validation_matched",
+    };
+    let _ = writeln!(s, "  splits:     {rule}");
+    if let Ok([tr, va, te]) = splits::split_sizes(task, task.published_sizes()) {
+        let _ = writeln!(s, "  sizes:      train {tr}, validation {va}, test {te}");
+    }
+    let _ = writeln!(s, "  max input:  {} tokens", task.max_source_tokens());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions() {
+        for t in Task::ALL {
+            let d = describe(t);
+            assert!(d.contains("sizes:") && d.contains(t.template()), "{d}");
+        }
+        let d = describe(Task::Cb);
+        assert!(
+            d.contains("\"2\" = neutral") && d.contains("train 250, validation 28, test 28"),
+            "{d}"
+        );
+    }
 }

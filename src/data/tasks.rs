@@ -8,7 +8,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metric;
 
 /// One of the 15 benchmark tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +57,62 @@ pub enum TaskKind {
     Regression,
     /// Free text scored SQuAD-style against gold answers (ReCoRD, SQuAD).
     Extractive,
+}
+
+/// One reported metric (computed by [`crate::metrics::score`]). `key()` is the name used in
+/// result files (DePT's keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// Exact string match of prediction and target.
+    Accuracy,
+    /// Binary F1 of class "1"; a prediction other than "0"/"1" counts as the opposite of the gold
+    /// label (DePT's `f1_score_with_invalid`, used for MRPC, QQP and MultiRC).
+    F1,
+    /// Unweighted mean of the per-class F1 over the task's classes (CB's `f1_multiclass`); an
+    /// invalid prediction is a miss for the true class and a false alarm for no class.
+    MacroF1,
+    /// Matthews correlation; invalid predictions form an extra class (sklearn's behaviour).
+    Matthews,
+    /// Pearson correlation of the parsed scores (unparsable prediction → -1; NaN → 0).
+    Pearson,
+    /// Spearman correlation (average ranks for ties; NaN → 0).
+    Spearman,
+    /// MultiRC exact match: share of questions whose answer options are all predicted right.
+    GroupExactMatch,
+    /// SQuAD exact match after normalisation, max over gold answers.
+    SquadEm,
+    /// SQuAD token F1 after normalisation, max over gold answers.
+    SquadF1,
+}
+
+impl Metric {
+    /// The key in result maps, as DePT names it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::F1 | Metric::SquadF1 => "f1",
+            Metric::MacroF1 => "f1_multiclass",
+            Metric::Matthews => "matthews_correlation",
+            Metric::Pearson => "pearson",
+            Metric::Spearman => "spearmanr",
+            Metric::GroupExactMatch | Metric::SquadEm => "em",
+        }
+    }
+
+    /// One-line description for `ept tasks show`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy (exact string match)",
+            Metric::F1 => "binary F1 of class 1; invalid predictions count as wrong",
+            Metric::MacroF1 => "macro-averaged F1 over the classes",
+            Metric::Matthews => "Matthews correlation coefficient",
+            Metric::Pearson => "Pearson correlation (unparsable prediction = -1)",
+            Metric::Spearman => "Spearman rank correlation (unparsable prediction = -1)",
+            Metric::GroupExactMatch => "exact match per question (all answer options right)",
+            Metric::SquadEm => "SQuAD exact match (normalised, max over gold answers)",
+            Metric::SquadF1 => "SQuAD token F1 (normalised, max over gold answers)",
+        }
+    }
 }
 
 const BINARY: &[&str] = &["0", "1"];
@@ -367,68 +422,6 @@ impl Task {
     }
 }
 
-/// A multi-line description of `task` for `ept tasks show`: data source, template, labels,
-/// metrics, split rule and sizes.
-pub fn describe(task: Task) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "{} ({})", task.display_name(), task.name());
-    let _ = writeln!(
-        s,
-        "  data:       {} (config `{}`)",
-        task.hub_repos()[0],
-        task.hub_config()
-    );
-    let _ = writeln!(s, "  source:     {}", task.template());
-    match (task.labels(), task.label_names()) {
-        (Some(labels), Some(names)) => {
-            let pairs: Vec<String> = labels
-                .iter()
-                .zip(names)
-                .map(|(l, n)| format!("\"{l}\" = {n}"))
-                .collect();
-            let _ = writeln!(s, "  target:     {}", pairs.join(", "));
-        }
-        (Some(labels), None) => {
-            let _ = writeln!(
-                s,
-                "  target:     score rounded to one decimal ({} values, {} .. {})",
-                labels.len(),
-                labels[0],
-                labels[labels.len() - 1]
-            );
-        }
-        _ => {
-            let _ = writeln!(
-                s,
-                "  target:     answer text (scored against all gold answers)"
-            );
-        }
-    }
-    let metrics: Vec<String> = task
-        .metrics()
-        .iter()
-        .map(|m| format!("{} ({})", m.key(), m.description()))
-        .collect();
-    let _ = writeln!(s, "  metrics:    {}", metrics.join("; "));
-    let _ = writeln!(s, "  selection:  {}", task.selection_metric().key());
-    let rule = match task.split_rule() {
-        SplitRule::HalveValidation => {
-            "published validation shuffled (torch.randperm, seed 42) and halved into validation/test"
-        }
-        SplitRule::TrainHoldout => {
-            "1,000 shuffled train rows (torch.randperm, seed 42) become validation; published validation is test"
-        }
-        SplitRule::Mnli => "validation = validation_mismatched, test = validation_matched",
-    };
-    let _ = writeln!(s, "  splits:     {rule}");
-    if let Ok([tr, va, te]) = crate::data::splits::split_sizes(task, task.published_sizes()) {
-        let _ = writeln!(s, "  sizes:      train {tr}, validation {va}, test {te}");
-    }
-    let _ = writeln!(s, "  max input:  {} tokens", task.max_source_tokens());
-    s
-}
-
 impl fmt::Display for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -472,18 +465,5 @@ mod tests {
         }
         assert_eq!(Task::Stsb.labels().unwrap().len(), 26);
         assert_eq!(Task::Cb.selection_metric(), Metric::MacroF1);
-    }
-
-    #[test]
-    fn descriptions() {
-        for t in Task::ALL {
-            let d = describe(t);
-            assert!(d.contains("sizes:") && d.contains(t.template()), "{d}");
-        }
-        let d = describe(Task::Cb);
-        assert!(
-            d.contains("\"2\" = neutral") && d.contains("train 250, validation 28, test 28"),
-            "{d}"
-        );
     }
 }

@@ -39,7 +39,7 @@ pub enum FloatType {
     /// Mixed precision, as PyTorch's bf16 autocast: the dense layers' weights
     /// in bf16 and their inputs rounded to bf16, sums in f32; everything else
     /// (norms, softmax, residual stream, embeddings, head) in f32. On CPUs
-    /// with AMX the dense layers run on its bf16 tiles (`model/amx.rs`).
+    /// with AMX the dense layers run on its bf16 tiles (`kernels/amx.rs`).
     Bf16Mixed,
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor};
 
-use super::amx::{self, PackedLinear};
-use super::fused;
 use crate::error::Result;
 use crate::io::weights::{FloatType, WeightFile};
+use crate::kernels::{self, amx, amx::PackedLinear};
 
 /// Where and in what precision the weights live while a model is loaded.
 #[derive(Clone)]
@@ -111,8 +110,8 @@ impl Linear {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let y = match &self.bf16 {
-            Some(packed) => fused::bf16_linear(x, self.weight.clone(), packed.clone()),
-            None => fused::frozen_linear(x, self.weight.clone()),
+            Some(packed) => kernels::bf16_linear(x, self.weight.clone(), packed.clone()),
+            None => kernels::frozen_linear(x, self.weight.clone()),
         };
         match &self.bias {
             Some(b) => y.clone() + b.clone().cast(y.dtype()).unsqueeze::<3>(),
@@ -144,7 +143,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        fused::rms_norm(x, self.weight.clone(), self.eps)
+        kernels::rms_norm(x, self.weight.clone(), self.eps)
     }
 }
 

@@ -19,11 +19,11 @@ use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use super::fused;
 use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm, Rotary};
 use super::llama_config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
+use crate::kernels;
 
 /// Keys (after rotation) and values of one layer, `[b, t, Hkv, hd]`.
 #[derive(Clone, Debug)]
@@ -80,7 +80,7 @@ impl Attention {
         // product up to rounding (exact when head_dim is a power of 4).
         let q = q * (hd as f64).powf(-0.5);
         let t_k = k.dims()[1];
-        let out = fused::attention(
+        let out = kernels::attention(
             q.reshape([b, t, hq * hd]),
             repeat_kv(k, hq / hkv).reshape([b, t_k, hq * hd]),
             repeat_kv(v, hq / hkv).reshape([b, t_k, hq * hd]),
@@ -267,9 +267,9 @@ impl Llama {
                 &bias,
                 cache,
             );
-            h = fused::residual_add(h, a);
+            h = kernels::residual_add(h, a);
             let f = layer.mlp.forward(layer.post_norm.forward(h.clone()));
-            h = fused::residual_add(h, f);
+            h = kernels::residual_add(h, f);
         }
         h
     }
@@ -277,7 +277,7 @@ impl Llama {
     /// Final norm and head: hidden states `[b, t, d]` -> f32 logits `[b, t, vocab]`.
     pub fn head(&self, h: Tensor<3>) -> Tensor<3> {
         let h = self.norm.forward(h);
-        fused::few_rows_matmul(h, self.lm_head.clone()).cast(DType::F32)
+        kernels::few_rows_matmul(h, self.lm_head.clone()).cast(DType::F32)
     }
 
     /// Plain logits `[b, t, vocab]` of token ids with no prompt, every

@@ -7,21 +7,14 @@
 //! `layers.rs`. [`Backbone`] is a loaded model, its tokenizer and where they
 //! came from; callers use the model only through [`FrozenModel`].
 
-pub mod amx;
-pub mod attention_kernel;
 pub mod batch;
 pub mod config;
-pub mod cross_attention_kernel;
-pub mod dpbf16;
 pub mod frozen;
-pub mod fused;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
 mod llama_frozen;
-pub mod matmul;
 pub mod random;
-pub mod rowdot;
 pub mod save;
 pub mod soft;
 pub mod t5;

@@ -231,7 +231,7 @@ mod tests {
     /// Loss and gradient of the input embeddings through a random T5 of
     /// `width` in `dtype`, with the packed bf16 kernel (AMX or AVX512-BF16) on or off.
     fn loss_and_input_grad(dtype: FloatType, amx_on: bool, width: usize) -> (f32, Vec<f32>) {
-        crate::model::amx::set_enabled(amx_on);
+        crate::kernels::amx::set_enabled(amx_on);
         let device = crate::runtime::cpu_device(true);
         let config: T5Config = serde_json::from_value(serde_json::json!({
             "model_type": "t5", "vocab_size": 64, "d_model": width, "d_kv": width / 4,
@@ -254,7 +254,7 @@ mod tests {
         let loss = sums.sum();
         let grads = loss.clone().backward();
         let g = embeds.grad(&grads).unwrap();
-        crate::model::amx::set_enabled(true);
+        crate::kernels::amx::set_enabled(true);
         (
             crate::tensors::to_f32_vec(loss.inner())[0],
             crate::tensors::to_f32_vec(g),
@@ -280,7 +280,7 @@ mod tests {
             (num / den).sqrt()
         };
         let mut paths = vec![false];
-        if crate::model::amx::detected() {
+        if crate::kernels::amx::detected() {
             paths.push(true);
         }
         for amx_on in paths {

@@ -19,11 +19,11 @@ use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::config::{Activation, FeedForwardKind, T5Config};
-use super::fused;
 pub use super::layers::token_loss_sums;
 use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm};
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
+use crate::kernels;
 
 /// Cached keys and values of one attention layer during incremental
 /// decoding, `[b, t, heads·d_kv]` as the projections return them.
@@ -78,7 +78,7 @@ impl Attention {
     /// (each `[b, t, heads·d_kv]`), then the output projection.
     fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
         self.o
-            .forward(fused::attention(q, k, v, bias.clone(), self.n_heads))
+            .forward(kernels::attention(q, k, v, bias.clone(), self.n_heads))
     }
 
     /// Self- or cross-attention over a whole sequence; `bias` (f32) holds the
@@ -94,7 +94,7 @@ impl Attention {
             // the smaller products' overheads.
             if 4 * q_len <= d_kv {
                 let q = self.q.forward(x);
-                let out = fused::cross_attention(
+                let out = kernels::cross_attention(
                     q,
                     enc.clone(),
                     w_k.clone(),
@@ -257,10 +257,10 @@ impl FeedForward {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.wi.forward(x.clone());
         if let (Activation::GeluNew, Some(g)) = (self.act, &self.wi_gate) {
-            return self.wo.forward(fused::gated_gelu(h, g.forward(x)));
+            return self.wo.forward(kernels::gated_gelu(h, g.forward(x)));
         }
         let h = match self.act {
-            Activation::Relu => fused::relu(h),
+            Activation::Relu => kernels::relu(h),
             Activation::GeluNew => gelu_approximate(h),
             Activation::Gelu => gelu(h),
             Activation::Silu => silu(h),
@@ -504,9 +504,9 @@ impl T5 {
             let attn = block
                 .attn
                 .forward(block.attn_norm.forward(h.clone()), None, &bias);
-            h = fused::residual_add(h, attn);
+            h = kernels::residual_add(h, attn);
             let ff = block.ff.forward(block.ff_norm.forward(h.clone()));
-            h = fused::residual_add(h, ff);
+            h = kernels::residual_add(h, ff);
         }
         self.encoder_norm.forward(h)
     }
@@ -530,7 +530,7 @@ impl T5 {
         } else {
             h
         };
-        fused::few_rows_matmul(h, self.lm_head.clone()).cast(DType::F32)
+        kernels::few_rows_matmul(h, self.lm_head.clone()).cast(DType::F32)
     }
 
     /// Teacher-forced decoder: logits `[b, t, vocab]` (f32) for `decoder_ids`.

@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 
 use super::optim::{AdamW, AdamWConfig, GroupSettings, clip_grad_norm};
 use super::schedule::Schedule;
+pub use super::state::Scores;
 use super::state::{LoopState, load_last, save_last};
 use crate::data::batching::{BatchSize, epoch_batches};
 use crate::data::{Example, Task};
@@ -131,15 +132,6 @@ pub struct RunData {
     pub train: Vec<Example>,
     pub validation: Vec<Example>,
     pub test: Vec<Example>,
-}
-
-/// Validation or test scores.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Scores {
-    pub loss: f64,
-    pub metrics: std::collections::BTreeMap<String, f64>,
-    /// The value that picks the best checkpoint (higher is better).
-    pub selection: f64,
 }
 
 /// One line of `metrics.jsonl`.

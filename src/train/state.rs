@@ -14,12 +14,20 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::optim::{AdamW, Moments};
-use super::run::Scores;
 use crate::error::{Error, Result};
 use crate::prompt::SoftPrompt;
 use crate::prompt::checkpoint::{self, PromptMeta};
 use crate::rng::Rng;
 use crate::tensors::{NamedF32, f32_from_le, safetensors_f32, to_f32_vec};
+
+/// Validation or test scores.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Scores {
+    pub loss: f64,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The value that picks the best checkpoint (higher is better).
+    pub selection: f64,
+}
 
 /// Everything besides the tensors that a resumed run needs to continue exactly.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

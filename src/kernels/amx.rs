@@ -10,9 +10,9 @@
 //! FMA. The activations are rounded to bf16 as they enter a product and the
 //! sums stay in f32 — what PyTorch's bf16 autocast does for a linear layer.
 //!
-//! [`PackedB`] holds the right-hand matrix of `A·B` in the tile layout
-//! (pairs of rows interleaved, the "VNNI" layout both instructions read);
-//! [`matmul`] multiplies a row-major f32 `A` by it. The AMX instructions are
+//! [`PackedB`] ([`super::packed`]) holds the right-hand matrix of `A·B` in
+//! the tile layout (pairs of rows interleaved, the "VNNI" layout both
+//! instructions read); [`matmul`] multiplies a row-major f32 `A` by it. The AMX instructions are
 //! written as inline assembly (stable Rust has no AMX intrinsics) and used
 //! only after [`kernel`] has checked the CPU and asked Linux for permission
 //! to use the tile registers.
@@ -22,17 +22,12 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use half::bf16;
 use rayon::prelude::*;
 
+use super::common::SendPtr;
 use super::dpbf16;
-
-/// Rows of a tile, and f32 columns of an accumulator tile.
-const TILE_ROWS: usize = 16;
-/// bf16 elements in one tile row (64 bytes): the `k` depth of one tile product.
-const TILE_K: usize = 32;
-/// Rows and columns of the output block one task computes (2×2 accumulator tiles).
-const BLOCK: usize = 32;
+use super::packed::{BLOCK, TILE_K, TILE_ROWS};
+pub use super::packed::{PackedB, PackedLinear, round_bf16, to_bf16};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -135,120 +130,6 @@ fn amx_detected() -> bool {
     false
 }
 
-/// Rounds to the nearest bf16 (ties to even), as PyTorch's `.to(torch.bfloat16)`.
-pub fn to_bf16(x: f32) -> u16 {
-    bf16::from_f32(x).to_bits()
-}
-
-/// `x` rounded to the nearest bf16, widened back to f32.
-pub fn round_bf16(x: f32) -> f32 {
-    bf16::from_f32(x).to_f32()
-}
-
-/// The right-hand matrix `B` (`k × n`) of `A·B`, in bf16, in AMX tile order.
-///
-/// Blocks of 32 (`k`) × 16 (`n`) are stored one after another, 16 columns at a
-/// time over the whole depth; inside a block, row `r` holds the pairs
-/// `B[2r][c], B[2r+1][c]` for the 16 columns `c`. `k` and `n` are padded with
-/// zeros to multiples of 32.
-#[derive(Clone)]
-pub struct PackedB {
-    k: usize,
-    n: usize,
-    k_pad: usize,
-    n_pad: usize,
-    data: Vec<u16>,
-}
-
-impl std::fmt::Debug for PackedB {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedB({}×{}, bf16)", self.k, self.n)
-    }
-}
-
-impl PackedB {
-    /// Packs `B[i][j] = value(i, j)` for `i < k`, `j < n`, rounded to bf16.
-    pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
-        let (k_pad, n_pad) = (k.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK);
-        let k_blocks = k_pad / TILE_K;
-        let block_len = TILE_ROWS * TILE_K;
-        let mut data = vec![0u16; k_pad * n_pad];
-        // One chunk per 16 columns: all its k blocks.
-        data.par_chunks_mut(k_blocks * block_len)
-            .enumerate()
-            .for_each(|(nb, chunk)| {
-                for (idx, slot) in chunk.iter_mut().enumerate() {
-                    let (kb, within) = (idx / block_len, idx % block_len);
-                    let (r, col) = (within / TILE_K, within % TILE_K);
-                    let (i, j) = (kb * TILE_K + 2 * r + col % 2, nb * TILE_ROWS + col / 2);
-                    if i < k && j < n {
-                        *slot = to_bf16(value(i, j));
-                    }
-                }
-            });
-        PackedB {
-            k,
-            n,
-            k_pad,
-            n_pad,
-            data,
-        }
-    }
-
-    /// Columns of `B`: the width of the result.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Rows of `B` padded with zeros to a multiple of 32: the row stride of
-    /// the bf16 `A` the kernels read.
-    pub(super) fn k_pad(&self) -> usize {
-        self.k_pad
-    }
-
-    /// The 32 bf16 values of depth pair `p` for the 16 columns of group `g`
-    /// (`16·g..16·g + 16`): `B[2p][c], B[2p+1][c]` for each column `c`.
-    pub(super) fn pair_row(&self, g: usize, p: usize) -> &[u16] {
-        let start = self.block(g, 2 * p / TILE_K) + (p % (TILE_K / 2)) * TILE_K;
-        &self.data[start..start + TILE_K]
-    }
-
-    /// `B[i][j]` as stored (the bf16 value, widened to f32).
-    #[cfg(test)]
-    fn get(&self, i: usize, j: usize) -> f32 {
-        let (kb, r, pair) = (i / TILE_K, (i % TILE_K) / 2, i % 2);
-        let (nb, c) = (j / TILE_ROWS, j % TILE_ROWS);
-        let block = (nb * (self.k_pad / TILE_K) + kb) * TILE_ROWS * TILE_K;
-        bf16::from_bits(self.data[block + r * TILE_K + 2 * c + pair]).to_f32()
-    }
-
-    /// Offset of the block holding rows `kb·32..` and columns `nb·16..`.
-    fn block(&self, nb: usize, kb: usize) -> usize {
-        (nb * (self.k_pad / TILE_K) + kb) * TILE_ROWS * TILE_K
-    }
-}
-
-/// A frozen dense layer's weight packed for both directions of training:
-/// `y = x·Wᵀ` forward and `dx = dy·W` backward (`W` as PyTorch stores it, `[out, in]`).
-#[derive(Debug)]
-pub struct PackedLinear {
-    /// `Wᵀ` (`in × out`).
-    pub forward: PackedB,
-    /// `W` (`out × in`).
-    pub backward: PackedB,
-}
-
-impl PackedLinear {
-    /// Packs a weight held `[in, out]` (row-major `w_t`, the transpose of PyTorch's layout).
-    pub fn from_transposed(w_t: &[f32], d_in: usize, d_out: usize) -> Self {
-        assert_eq!(w_t.len(), d_in * d_out, "weight is not in × out");
-        PackedLinear {
-            forward: PackedB::from_fn(d_in, d_out, |i, j| w_t[i * d_out + j]),
-            backward: PackedB::from_fn(d_out, d_in, |i, j| w_t[j * d_out + i]),
-        }
-    }
-}
-
 /// `A·B` for a row-major f32 `A` (`m × k`): the row-major `m × n` result.
 ///
 /// `A` is rounded to bf16; products are summed in f32. Panics if the shapes
@@ -306,37 +187,6 @@ unsafe fn matmul_on(kernel: Kernel, a: &[f32], m: usize, b: &PackedB) -> Vec<f32
     // SAFETY: the tasks above wrote all m × n elements.
     unsafe { out.set_len(m * n) };
     out
-}
-
-/// The result's base pointer, shared by tasks that write disjoint parts of it.
-pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: see `matmul`: tasks never write the same element.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Copies the top-left `rows × cols` of a kernel's block (row stride
-    /// `block_stride`) to rows `row0..` and columns `col0..` of the row-major
-    /// result of width `n`: the part of the block inside the result.
-    ///
-    /// # Safety
-    /// Those elements lie inside the result and no other thread writes them;
-    /// `block` holds `rows` rows of `block_stride`.
-    pub(super) unsafe fn write_block(
-        &self,
-        block: &[f32],
-        block_stride: usize,
-        [row0, col0]: [usize; 2],
-        [rows, cols]: [usize; 2],
-        n: usize,
-    ) {
-        for r in 0..rows {
-            let src = &block[r * block_stride..r * block_stride + cols];
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add((row0 + r) * n + col0), cols)
-            };
-        }
-    }
 }
 
 /// Rows of `A` per task.
@@ -450,6 +300,7 @@ unsafe fn rectangle(
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use half::bf16;
 
     /// [`matmul`]'s arithmetic without AMX: `A` rounded to bf16, products of the
     /// stored bf16 `B` summed in f32 (in another order). The reference of the tests.
@@ -475,19 +326,6 @@ mod tests {
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);
         (0..len).map(|_| rng.normal() as f32).collect()
-    }
-
-    #[test]
-    fn packing_keeps_every_element_rounded_to_bf16() {
-        let (k, n) = (37, 21);
-        let w = random(k * n, 1);
-        let b = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
-        for i in 0..k {
-            for j in 0..n {
-                let want = bf16::from_f32(w[i * n + j]).to_f32();
-                assert_eq!(b.get(i, j), want, "B[{i}][{j}]");
-            }
-        }
     }
 
     /// [`round_row`] into a fresh buffer of `len` elements.

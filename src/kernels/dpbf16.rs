@@ -16,7 +16,8 @@
 //! A micro-tile of [`ROWS`] rows × 32 columns keeps 16 accumulators in
 //! registers over the whole depth.
 
-use super::amx::{PackedB, SendPtr};
+use super::common::SendPtr;
+use super::packed::PackedB;
 
 /// Rows of `A` per micro-tile.
 const ROWS: usize = 8;

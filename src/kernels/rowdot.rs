@@ -10,7 +10,7 @@
 //! `W` in L1 and dots them with every row of `A` (in L2), so `W` streams from
 //! memory once, with sixteen AVX-512 accumulators per 4 × 4 tile (11.7 ms).
 //! Prompt tuning's training step has the same shape at the head: a few
-//! target tokens per example ([`crate::model::fused::few_rows_matmul`]).
+//! target tokens per example ([`super::linear::few_rows_matmul`]).
 //!
 //! [`rows_times_transposed`] uses AVX-512 where the CPU has it and returns
 //! `None` elsewhere (the caller then takes burn's product); the sums run in
@@ -18,6 +18,9 @@
 //! (tests: 1e-5 relative).
 
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::common::SendPtr;
 
 /// Rows of `W` per rayon task (a multiple of the tile's four).
 const ROWS_PER_TASK: usize = 256;
@@ -52,13 +55,6 @@ pub fn rows_times_transposed(
     let _ = (a, m, w, n, k);
     None
 }
-
-/// A raw pointer the rayon tasks share; each writes a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `rows_times_transposed`: writes through it never overlap.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::common::SendPtr;
 use super::matmul::product_raw;
 
 /// The shape of one attention call.
@@ -58,23 +59,6 @@ impl Bias<'_> {
         let [sb, sh, sr, _] = self.strides;
         let start = b * sb + head * sh + row * sr;
         &self.values[start..start + k_len]
-    }
-}
-
-/// A raw pointer that rayon tasks share: each task writes a disjoint part
-/// (its head's columns, or its head's block of probabilities).
-#[derive(Clone, Copy)]
-pub(super) struct Shared(pub(super) *mut f32);
-// SAFETY: the tasks below write disjoint elements through it, and the buffer
-// outlives the parallel loop.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The element `offset` places on (a method, so that closures capture
-    /// the `Send` wrapper, not its raw pointer field).
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
@@ -122,7 +106,7 @@ struct Pair {
 /// Runs `task` for every (example, head) pair on rayon's threads, with a
 /// pointer to the pair's `t_q × t_k` block: in `kept` when the caller keeps
 /// the blocks, else in a per-thread scratch block.
-fn for_each_pair(dims: Dims, kept: Option<Shared>, task: impl Fn(Pair, *mut f32) + Sync) {
+fn for_each_pair(dims: Dims, kept: Option<SendPtr>, task: impl Fn(Pair, *mut f32) + Sync) {
     let (inner, block) = (dims.inner(), dims.q_len * dims.k_len);
     let scratch_len = if kept.is_some() { 0 } else { block };
     (0..dims.pairs()).into_par_iter().for_each_init(
@@ -169,8 +153,8 @@ pub fn forward(
     let mut out = Vec::with_capacity(out_len);
     let probs_len = if keep_probs { dims.probs_len() } else { 0 };
     let mut probs = Vec::with_capacity(probs_len);
-    let out_ptr = Shared(out.as_mut_ptr());
-    let probs_ptr = keep_probs.then_some(Shared(probs.as_mut_ptr()));
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let probs_ptr = keep_probs.then_some(SendPtr(probs.as_mut_ptr()));
     for_each_pair(
         dims,
         probs_ptr,
@@ -197,7 +181,7 @@ pub fn forward(
                 let p = std::slice::from_raw_parts_mut(p_ptr, block);
                 // P = softmax(S + bias), row by row
                 for (row, p_row) in p.chunks_exact_mut(k_len).enumerate() {
-                    super::fused::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
+                    super::softmax::softmax_row_in_place(p_row, bias.row(b, h, row, k_len));
                 }
                 // O = P·V, into this head's columns
                 product(
@@ -264,11 +248,11 @@ pub fn backward(
     let mut dv = Vec::with_capacity(v.len());
     let mut scores = bias_grad.then(|| Vec::with_capacity(dims.probs_len()));
     let (dq_ptr, dk_ptr, dv_ptr) = (
-        Shared(dq.as_mut_ptr()),
-        Shared(dk.as_mut_ptr()),
-        Shared(dv.as_mut_ptr()),
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
     );
-    let ds_ptr = scores.as_mut().map(|s| Shared(s.as_mut_ptr()));
+    let ds_ptr = scores.as_mut().map(|s| SendPtr(s.as_mut_ptr()));
     // dS goes to the caller's buffer when the bias wants it, else to scratch.
     for_each_pair(
         dims,
@@ -308,7 +292,7 @@ pub fn backward(
                 let ds = std::slice::from_raw_parts_mut(ds_ptr, block);
                 // dS = P ⊙ (dP − Σ_j dP⊙P), row by row
                 for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
-                    super::fused::softmax_backward_row(ds_row, p_row);
+                    super::softmax::softmax_backward_row(ds_row, p_row);
                 }
                 // dQ = dS·K
                 product(

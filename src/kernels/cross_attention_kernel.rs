@@ -40,7 +40,8 @@
 
 use rayon::prelude::*;
 
-use super::attention_kernel::{Bias, Shared, product};
+use super::attention_kernel::{Bias, product};
+use super::common::SendPtr;
 
 /// The shape of one cross-attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,9 +153,9 @@ pub fn forward(
     let mut probs = Vec::with_capacity(probs_len);
     let mut u = Vec::with_capacity(u_len);
     let (out_ptr, probs_ptr, u_ptr) = (
-        Shared(out.as_mut_ptr()),
-        Shared(probs.as_mut_ptr()),
-        Shared(u.as_mut_ptr()),
+        SendPtr(out.as_mut_ptr()),
+        SendPtr(probs.as_mut_ptr()),
+        SendPtr(u.as_mut_ptr()),
     );
     // Scratch: Z, and U and P when they are not kept.
     let (p_block, u_block) = (rows * k_len, rows * d);
@@ -183,7 +184,7 @@ pub fn forward(
             // P = softmax(S + bias), row by row
             for (r, p_row) in p.chunks_exact_mut(k_len).enumerate() {
                 let (h, t) = (r / q_len, r % q_len);
-                super::fused::softmax_row_in_place(p_row, bias.row(e, h, t, k_len));
+                super::softmax::softmax_row_in_place(p_row, bias.row(e, h, t, k_len));
             }
             // Z = P·enc
             product(
@@ -243,7 +244,7 @@ pub fn backward(
     // Written by the products below, every element: not zeroed first.
     let mut dq = Vec::with_capacity(grad.len());
     let mut denc = Vec::with_capacity(enc.len());
-    let (dq_ptr, denc_ptr) = (Shared(dq.as_mut_ptr()), Shared(denc.as_mut_ptr()));
+    let (dq_ptr, denc_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(denc.as_mut_ptr()));
     let (p_block, u_block) = (rows * k_len, rows * d);
     // Scratch: [dZ; U] (2·rows × d), [P; dS] (2·rows × t_k), dU (rows × d).
     let scratch_len = 2 * u_block + 2 * p_block + u_block;
@@ -274,7 +275,7 @@ pub fn backward(
         }
         // dS = P ⊙ (dP − Σ dP⊙P), row by row
         for (ds_row, p_row) in ds.chunks_exact_mut(k_len).zip(p.chunks_exact(k_len)) {
-            super::fused::softmax_backward_row(ds_row, p_row);
+            super::softmax::softmax_backward_row(ds_row, p_row);
         }
         // SAFETY: as above.
         unsafe {
