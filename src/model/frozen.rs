@@ -92,11 +92,7 @@ pub trait FrozenModel {
                         label_ids: option.clone(),
                     })
                     .collect();
-                let sums = self.loss_sums(soft, &rows, min_input_len);
-                crate::tensors::to_f32_vec(sums)
-                    .into_iter()
-                    .map(f64::from)
-                    .collect()
+                super::layers::f64_values(self.loss_sums(soft, &rows, min_input_len))
             })
             .collect()
     }

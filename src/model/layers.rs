@@ -287,6 +287,24 @@ impl Rotary {
     }
 }
 
+/// Rows `ids` of an embedding matrix `[vocab, d]`, as f32 `[n, d]` (prompt initialisation).
+pub fn embedding_rows(table: &Tensor<2>, ids: &[usize]) -> Tensor<2> {
+    let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new(idx, [ids.len()]),
+        &table.device(),
+    );
+    table.clone().select(0, idx).cast(DType::F32)
+}
+
+/// A loss tensor's values as f64 (per-example sums read back for reports).
+pub fn f64_values(t: Tensor<1>) -> Vec<f64> {
+    crate::tensors::to_f32_vec(t)
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
 /// Per-row sums of token cross-entropy and the number of counted tokens.
 ///
 /// `labels` is `[b, t]`; `label_mask` is 1 where a target token counts and 0

@@ -184,7 +184,7 @@ impl LlamaConfig {
         }
         let heads = raw.num_attention_heads;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if num_kv_heads == 0 || heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !heads.is_multiple_of(num_kv_heads) {
             return Err(Error::field(
                 path,
                 "num_key_value_heads",
@@ -194,7 +194,7 @@ impl LlamaConfig {
         // An explicit head_dim wins over hidden/heads (it may differ).
         let head_dim = match raw.head_dim {
             Some(h) => h,
-            None if raw.hidden_size % heads == 0 => raw.hidden_size / heads,
+            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
             None => {
                 return Err(Error::field(
                     path,
@@ -203,14 +203,14 @@ impl LlamaConfig {
                 ));
             }
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::field(
                 path,
                 "head_dim",
                 format!("{head_dim}: rotary embeddings need a positive even head dimension"),
             ));
         }
-        let (rope_theta, rope_scaling) = rope(value, family, &raw, path)?;
+        let (rope_theta, rope_scaling) = rope(value, &raw, path)?;
         let windows = windows(value, family, raw.num_hidden_layers, path)?;
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
@@ -254,12 +254,7 @@ impl LlamaConfig {
 }
 
 /// θ and the scaling, from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x).
-fn rope(
-    value: &Value,
-    family: Family,
-    raw: &RawLlamaConfig,
-    path: &Path,
-) -> Result<(f64, RopeScaling)> {
+fn rope(value: &Value, raw: &RawLlamaConfig, path: &Path) -> Result<(f64, RopeScaling)> {
     let params = value
         .get("rope_parameters")
         .filter(|v| !v.is_null())
@@ -269,9 +264,8 @@ fn rope(
     } else {
         "rope_scaling"
     };
-    let default_theta = match family {
-        Family::Qwen2 | Family::Mistral | Family::Llama => 10000.0,
-    };
+    // transformers' default θ, the same for the three families.
+    let default_theta = 10000.0;
     let theta = params
         .and_then(|p| p.get("rope_theta"))
         .or_else(|| value.get("rope_theta"))

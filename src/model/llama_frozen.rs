@@ -12,7 +12,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::batch::TokenizedExample;
 use super::frozen::FrozenModel;
-use super::layers::token_loss_sums;
+use super::layers::{embedding_rows, token_loss_sums};
 use super::llama::{KvCache, Llama};
 use super::soft::SoftInput;
 use crate::io::weights::FloatType;
@@ -47,16 +47,21 @@ fn padded(
     )
 }
 
+/// A right-padded batch with the prompt in front, ready for the stack.
+struct Prefill {
+    /// `[b, n + t, d]`.
+    x: Tensor<3>,
+    /// Every row's positions, `0..n+t`.
+    positions: Vec<Vec<usize>>,
+    /// Each row's key positions (`None` at padding).
+    keys: Vec<Vec<Option<usize>>>,
+    /// The padded text length.
+    t: usize,
+}
+
 impl Llama {
-    /// Embeds right-padded `texts` and puts the prompt in front: the input
-    /// `[b, n + t, d]`, every row's positions `0..n+t`, and each row's key
-    /// positions (`None` at padding).
-    fn prefill_input(
-        &self,
-        soft: &SoftInput,
-        texts: &[Vec<u32>],
-        min_len: usize,
-    ) -> (Tensor<3>, Vec<Vec<usize>>, Vec<Vec<Option<usize>>>, usize) {
+    /// Embeds right-padded `texts` and puts the prompt in front.
+    fn prefill_input(&self, soft: &SoftInput, texts: &[Vec<u32>], min_len: usize) -> Prefill {
         let (ids, mask, t) = padded(texts, self.config.pad_id(), min_len, &self.device);
         let (x, _) = soft.apply(self.embed(ids), mask);
         let n = soft.prefix_len();
@@ -65,14 +70,19 @@ impl Llama {
             .iter()
             .map(|r| (0..n + t).map(|c| (c < n + r.len()).then_some(c)).collect())
             .collect();
-        (x, positions, keys, t)
+        Prefill {
+            x,
+            positions,
+            keys,
+            t,
+        }
     }
 
     /// The greedy next token after `text` with the prompt, recomputed over the
     /// whole sequence without a cache (the reference the cached path is tested against).
     pub fn greedy_next(&self, soft: &SoftInput, text: &[u32]) -> u32 {
-        let (x, positions, keys, _) = self.prefill_input(soft, &[text.to_vec()], 0);
-        let h = self.hidden(x, &positions, &keys, None);
+        let p = self.prefill_input(soft, &[text.to_vec()], 0);
+        let h = self.hidden(p.x, &p.positions, &p.keys, None);
         let last = h.dims()[1] - 1;
         let logits = self.head(h.narrow(1, last, 1));
         crate::tensors::to_i64_vec(logits.argmax(2))[0] as u32
@@ -149,9 +159,7 @@ impl FrozenModel for Llama {
     }
 
     fn embedding_rows(&self, ids: &[usize]) -> Tensor<2> {
-        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
-        self.embed_tokens.clone().select(0, idx).cast(DType::F32)
+        embedding_rows(&self.embed_tokens, ids)
     }
 
     fn for_inference(&self) -> Box<dyn FrozenModel> {
@@ -170,7 +178,12 @@ impl FrozenModel for Llama {
             .map(|r| [r.input_ids.as_slice(), r.label_ids.as_slice()].concat())
             .collect();
         let min_len = min_input_len + rows.iter().map(|r| r.label_ids.len()).max().unwrap_or(0);
-        let (x, positions, keys, t) = self.prefill_input(soft, &texts, min_len);
+        let Prefill {
+            x,
+            positions,
+            keys,
+            t,
+        } = self.prefill_input(soft, &texts, min_len);
         let n = soft.prefix_len();
         let h = self.hidden(x, &positions, &keys, None);
         // Target token k of row r sits at text index src + k and is scored
@@ -217,7 +230,12 @@ impl FrozenModel for Llama {
         if b == 0 || max_new_tokens == 0 {
             return out;
         }
-        let (x, positions, mut keys, t) = self.prefill_input(soft, inputs, min_input_len);
+        let Prefill {
+            x,
+            positions,
+            mut keys,
+            t,
+        } = self.prefill_input(soft, inputs, min_input_len);
         let stride = n + t;
         let mut caches: Vec<Option<KvCache>> = vec![None; self.layers.len()];
         let h = self.hidden(x, &positions, &keys, Some(&mut caches));

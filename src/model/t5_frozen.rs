@@ -1,11 +1,11 @@
 //! T5 as a [`FrozenModel`]: the prompt goes in front of the encoder input,
 //! targets are scored by the decoder behind its start token.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::batch::{Seq2SeqBatch, TokenizedExample};
 use super::frozen::FrozenModel;
-use super::layers::token_loss_sums;
+use super::layers::{embedding_rows, f64_values, token_loss_sums};
 use super::soft::SoftInput;
 use super::t5::T5;
 use crate::io::weights::FloatType;
@@ -111,12 +111,7 @@ impl FrozenModel for T5 {
     }
 
     fn embedding_rows(&self, ids: &[usize]) -> Tensor<2> {
-        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
-        self.shared
-            .clone()
-            .select(0, idx)
-            .cast(burn::tensor::DType::F32)
+        embedding_rows(&self.shared, ids)
     }
 
     fn for_inference(&self) -> Box<dyn FrozenModel> {
@@ -170,10 +165,7 @@ impl FrozenModel for T5 {
                 let ob = self.batch(&with_option, 0);
                 let logits = self.decode(ob.decoder_input_ids.clone(), enc.clone(), &mask);
                 let nll = token_loss_sums(logits, ob.labels, ob.label_mask);
-                crate::tensors::to_f32_vec(nll)
-                    .into_iter()
-                    .map(f64::from)
-                    .collect()
+                f64_values(nll)
             })
             .collect()
     }

@@ -280,11 +280,14 @@ fn prompt_tuning_matches_peft_causal_lm() {
     assert!(checked >= 2, "two fixtures carry PEFT references");
 }
 
+/// A change made to a valid `config.json`.
+type ConfigEdit = dyn Fn(&mut serde_json::Value);
+
 /// Refused configs name the file and the field.
 #[test]
 fn unsupported_decoder_configs_are_one_line_errors() {
     let src = llama_dir("llama-gqa");
-    let cases: [(&str, &dyn Fn(&mut serde_json::Value), &str); 4] = [
+    let cases: [(&str, &ConfigEdit, &str); 4] = [
         (
             "model-type",
             &|c| c["model_type"] = "gemma".into(),
