@@ -110,7 +110,7 @@ fn main() {
         });
     }
 
-    let config = ept::bench::Shape::T5Small.config();
+    let config = ept::bench::Shape::T5Small.t5_config().expect("a T5 shape");
     let model = ept::model::T5::random(config, 7, ept::io::weights::FloatType::F32, &device);
     let mask: Tensor<2> = Tensor::ones([b, t], &device);
     time("encoder block", &|| {

@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch + transformers counterpart of `ept bench`: the same prompt-tuning step
-on a random-weight T5, timed the same way.
+on a random-weight T5 or Llama-shaped decoder, timed the same way.
+
+Decoder shapes (smollm2-135m, tinyllama-1.1b, llama2-7b): LlamaForCausalLM with
+random weights; an example is BOS + random ids (`len` tokens) then a 2-4 token
+target ending in EOS, right-padded; the prompt is prepended as PEFT's CAUSAL_LM
+prompt tuning does (`decoder_inputs` of scripts/prompt_reference.py: [P_new ;
+E + U], mask and -100 labels prefixed), and transformers computes the loss
+(logits of every position, shifted cross-entropy over the target tokens).
 
 One step: embed the batch, build the encoder input with the prompt (PT: l rows
 prepended; EPT: docs/FORMAT.md's forward pass, through `PromptModule` of
@@ -47,6 +54,16 @@ SHAPES = {
                           batch=16, len=128),
 }
 
+DECODER_SHAPES = {
+    # hidden, ffn, layers, heads, kv heads, vocab, rope theta, tied, bos, eos (the checkpoints' configs)
+    "smollm2-135m": dict(d=576, ffn=1536, layers=30, heads=9, kv=3, vocab=49152, theta=1e5, tied=True,
+                         bos=0, eos=0, batch=8, len=128),
+    "tinyllama-1.1b": dict(d=2048, ffn=5632, layers=22, heads=32, kv=4, vocab=32000, theta=1e4, tied=False,
+                           bos=1, eos=2, batch=4, len=128),
+    "llama2-7b": dict(d=4096, ffn=11008, layers=32, heads=32, kv=32, vocab=32000, theta=1e4, tied=False,
+                      bos=1, eos=2, batch=2, len=128),
+}
+
 
 def proc_status_mib(field: str) -> float:
     try:
@@ -66,7 +83,7 @@ def maxrss_mib() -> float:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), default="t5-small")
+    p.add_argument("--shape", choices=sorted(SHAPES) + sorted(DECODER_SHAPES), default="t5-small")
     p.add_argument("--batch", type=int)
     p.add_argument("--len", type=int)
     p.add_argument("--method", choices=["pt", "ept", "none"], default="pt")
@@ -288,7 +305,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.task_dir:
         return run_eval(args) if args.eval else run_task(args)
-    shape = SHAPES[args.shape]
+    decoder = args.shape in DECODER_SHAPES
+    shape = DECODER_SHAPES[args.shape] if decoder else SHAPES[args.shape]
+    if decoder and args.method == "none":
+        sys.exit("bench_pytorch: decoder shapes need --method pt or ept")
     batch = args.batch or shape["batch"]
     length = args.len or shape["len"]
     if batch <= 0 or length <= 0 or args.steps <= 0:
@@ -299,32 +319,43 @@ def main(argv=None) -> int:
     import torch
     import torch.nn as nn
     import transformers
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from prompt_reference import Expert, PromptModule, init_prompt_from_vocab, svd_decompose
+    from prompt_reference import Expert, PromptModule, decoder_inputs, init_prompt_from_vocab, svd_decompose
 
     # Resident memory of the interpreter with torch and transformers loaded, before any model.
     import_rss = proc_status_mib("VmRSS:")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     d = shape["d"]
-    config = T5Config(
-        vocab_size=32128, d_model=d, d_kv=64, d_ff=shape["d_ff"],
-        num_layers=shape["layers"], num_decoder_layers=shape["layers"], num_heads=shape["heads"],
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj=shape["ff"],
-        tie_word_embeddings=shape["tied"], pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
-    config._attn_implementation = args.attn
-    model = T5ForConditionalGeneration(config).float().eval()
+    if decoder:
+        config = LlamaConfig(
+            vocab_size=shape["vocab"], hidden_size=d, intermediate_size=shape["ffn"],
+            num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+            num_key_value_heads=shape["kv"], rope_theta=shape["theta"], rms_norm_eps=1e-5,
+            tie_word_embeddings=shape["tied"], bos_token_id=shape["bos"], eos_token_id=shape["eos"],
+            max_position_embeddings=2048,
+        )
+        config._attn_implementation = args.attn
+        model = LlamaForCausalLM(config).float().eval()
+    else:
+        config = T5Config(
+            vocab_size=32128, d_model=d, d_kv=64, d_ff=shape["d_ff"],
+            num_layers=shape["layers"], num_decoder_layers=shape["layers"], num_heads=shape["heads"],
+            relative_attention_num_buckets=32, relative_attention_max_distance=128,
+            dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj=shape["ff"],
+            tie_word_embeddings=shape["tied"], pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+        config._attn_implementation = args.attn
+        model = T5ForConditionalGeneration(config).float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     attn_impl = getattr(model.config, "_attn_implementation", args.attn)
     frozen = sum(p.numel() for p in model.parameters())
 
     g = torch.Generator().manual_seed(args.seed)
-    emb = model.shared.weight
+    emb = model.get_input_embeddings().weight
     if args.method == "pt":
         tensors = {"prompt": init_prompt_from_vocab(emb, args.l, g)}
         prompt = PromptModule(tensors, 1.0, "off", False)
@@ -353,6 +384,22 @@ def main(argv=None) -> int:
         labels[i, : n - 1] = torch.randint(3, 32000, (n - 1,), generator=g)
         labels[i, n - 1] = 1
     n_tokens = int(lens.sum())
+    if decoder:
+        # BOS first; the text is source ++ target (EOS last), right-padded.
+        ids[:, -1] = torch.randint(3, 32000, (batch,), generator=g)
+        ids[:, 0] = shape["bos"]
+        t = length + int(lens.max())
+        text = torch.full((batch, t), shape["eos"], dtype=torch.long)
+        mask = torch.zeros(batch, t, dtype=torch.long)
+        dec_labels = torch.full((batch, t), -100, dtype=torch.long)
+        for i, n in enumerate(lens.tolist()):
+            target = labels[i, :n].clone()
+            target[-1] = shape["eos"]
+            text[i, :length] = ids[i]
+            text[i, length:length + n] = target
+            mask[i, :length + n] = 1
+            dec_labels[i, length:length + n] = target
+        ids, labels = text, dec_labels
     setup_peak = maxrss_mib()
 
     autocast = make_autocast(torch, args.dtype)
@@ -363,11 +410,14 @@ def main(argv=None) -> int:
             embeds = model.get_input_embeddings()(ids)
             if prompt is None:
                 x = embeds.detach().requires_grad_(True)
-                m2, wrt = mask, [x]
+                m2, l2, wrt = mask, labels, [x]
+            elif decoder:
+                x, m2, l2, _, _ = decoder_inputs(prompt, embeds, mask, labels)
+                wrt = params
             else:
                 x, m2, _, _ = prompt.encoder_inputs(embeds, mask)
-                wrt = params
-            loss = model(inputs_embeds=x, attention_mask=m2, labels=labels).loss
+                l2, wrt = labels, params
+            loss = model(inputs_embeds=x, attention_mask=m2, labels=l2).loss
         value = loss.item()
         t1 = time.perf_counter()
         grads = torch.autograd.grad(loss, wrt)

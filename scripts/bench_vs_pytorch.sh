@@ -3,13 +3,15 @@
 # transformers (scripts/bench_pytorch.py), one workload per process so that the
 # peak resident memory is the workload's, and prints a Markdown table.
 #
-#   scripts/bench_vs_pytorch.sh [--full] [--v11] [--steps N] [--warmup W]
+#   scripts/bench_vs_pytorch.sh [--full] [--v11] [--decoder] [--no-t5-small] [--steps N] [--warmup W]
 #                               [--threads T] [--attn sdpa|eager] [--out DIR]
 #                               [--dtype f32|bf16-mixed] [--rounds R]
 #
 # Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
 # fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
-# 8 x 256; --v11 adds T5 v1.1-small (gated-GELU) PT and EPT at 16 x 128. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
+# 8 x 256; --v11 adds T5 v1.1-small (gated-GELU) PT and EPT at 16 x 128; --decoder adds
+# SmolLM2-135M-shaped PT and EPT at 8 x 128 (a Llama-family decoder, PEFT's CAUSAL_LM
+# composition); --no-t5-small drops the default T5-small pair. Both sides get the same thread count (RAYON_NUM_THREADS for ept's
 # burn-flex, torch.set_num_threads for PyTorch; default 2). --out keeps the
 # JSON reports. --dtype bf16-mixed runs both sides in bf16 mixed precision
 # (ept `--dtype bf16-mixed`, PyTorch under torch.autocast(cpu, bfloat16)).
@@ -17,15 +19,17 @@
 # round, and reports each side's median over the rounds and the median of the
 # per-round ratios: on a noisy shared machine the two runs of one round see
 # the same conditions, so the paired ratio is steadier than either time. EPT_BIN overrides the ept binary (default target/release/ept,
-# built if missing).
+# built if missing); PYTHON the interpreter that runs bench_pytorch.py (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 ATTN=sdpa OUT="" ROUNDS=1
+STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 DECODER=0 T5_SMALL=1 ATTN=sdpa OUT="" ROUNDS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
         --v11) V11=1 ;;
+        --decoder) DECODER=1 ;;
+        --no-t5-small) T5_SMALL=0 ;;
         --steps) STEPS="$2"; shift ;;
         --warmup) WARMUP="$2"; shift ;;
         --threads) THREADS="$2"; shift ;;
@@ -33,7 +37,7 @@ while [ $# -gt 0 ]; do
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -41,12 +45,22 @@ done
 
 . scripts/bench_setup.sh
 
-WORKLOADS=("t5-small pt" "t5-small ept")
+WORKLOADS=()
+if [ "$T5_SMALL" = 1 ]; then
+    WORKLOADS+=("t5-small pt" "t5-small ept")
+fi
 if [ "$FULL" = 1 ]; then
     WORKLOADS+=("t5-base pt" "t5-base ept")
 fi
 if [ "$V11" = 1 ]; then
     WORKLOADS+=("t5-v1_1-small pt" "t5-v1_1-small ept")
+fi
+if [ "$DECODER" = 1 ]; then
+    WORKLOADS+=("smollm2-135m pt" "smollm2-135m ept")
+fi
+if [ "${#WORKLOADS[@]}" = 0 ]; then
+    echo "bench_vs_pytorch.sh: no workload left (--no-t5-small without --full, --v11 or --decoder)" >&2
+    exit 2
 fi
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -56,7 +70,7 @@ for round in $(seq 1 "$ROUNDS"); do
         "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" \
             --dtype "$DTYPE" --json >"$OUT/ept-$shape-$method-$round.json"
         echo "== round $round, $shape $method: PyTorch" >&2
-        python3 scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
+        "${PYTHON:-python3}" scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
             --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" --json \
             >"$OUT/torch-$shape-$method-$round.json"
     done

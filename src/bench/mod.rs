@@ -3,9 +3,9 @@
 //! One *step* is what a prompt-tuning step costs before the optimiser: the
 //! forward pass of a batch through the frozen encoder and decoder with the
 //! prompt, the token-mean cross-entropy, the backward pass, and reading the
-//! prompt's gradients. Weights are random ([`T5::random`]) with the shapes of a
-//! real checkpoint, inputs are random ids of exactly `len` tokens (`</s>` last),
-//! targets 2–4 tokens. `scripts/bench_pytorch.py` runs the same workloads in
+//! prompt's gradients. Weights are random ([`T5::random`], [`Llama::random`])
+//! with the shapes of a real checkpoint, inputs are random ids of exactly `len`
+//! tokens (T5: `</s>` last; a decoder: BOS first), targets 2–4 tokens (EOS last). `scripts/bench_pytorch.py` runs the same workloads in
 //! PyTorch; `scripts/bench_vs_pytorch.sh` compares the two (docs/BENCHMARKS.md).
 
 pub mod eval;
@@ -20,7 +20,7 @@ use crate::evaluate::batch_loss_sums;
 use crate::io::weights::FloatType;
 use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
 use crate::model::t5::token_loss_sums;
-use crate::model::{T5, T5Config, TextTokenizer};
+use crate::model::{FrozenModel, Llama, LlamaConfig, T5, T5Config, TextTokenizer};
 use crate::prompt::{Method, PromptConfig, SoftPrompt, build_prompt};
 use crate::rng::Rng;
 
@@ -35,38 +35,83 @@ pub enum Shape {
     /// T5 v1.1 small (and Flan-T5 small): 8+8 layers, d 512, d_kv 64, 6 heads,
     /// d_ff 1024 gated-GELU, untied head, vocab 32128 (77M).
     T5V11Small,
+    /// SmolLM2-135M: 30 layers, d 576, 9:3 heads of 64, SwiGLU 1536, tied, vocab 49152.
+    SmolLm2_135M,
+    /// TinyLlama-1.1B: 22 layers, d 2048, 32:4 heads of 64, SwiGLU 5632, vocab 32000.
+    TinyLlama1B,
+    /// Llama-2-7B: 32 layers, d 4096, 32:32 heads of 128, SwiGLU 11008, vocab 32000.
+    Llama2_7B,
 }
+
+/// Every shape's name, in the order `--help` lists them.
+const SHAPE_NAMES: [(&str, Shape); 6] = [
+    ("t5-small", Shape::T5Small),
+    ("t5-base", Shape::T5Base),
+    ("t5-v1_1-small", Shape::T5V11Small),
+    ("smollm2-135m", Shape::SmolLm2_135M),
+    ("tinyllama-1.1b", Shape::TinyLlama1B),
+    ("llama2-7b", Shape::Llama2_7B),
+];
 
 impl Shape {
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "t5-small" => Ok(Shape::T5Small),
-            "t5-base" => Ok(Shape::T5Base),
-            "t5-v1_1-small" => Ok(Shape::T5V11Small),
-            other => Err(Error::invalid(format!(
-                "unknown shape `{other}`: expected t5-small, t5-base or t5-v1_1-small"
-            ))),
-        }
+        SHAPE_NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, shape)| *shape)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SHAPE_NAMES.iter().map(|(n, _)| *n).collect();
+                Error::invalid(format!(
+                    "unknown shape `{s}`: expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Shape::T5Small => "t5-small",
-            Shape::T5Base => "t5-base",
-            Shape::T5V11Small => "t5-v1_1-small",
-        }
+        SHAPE_NAMES
+            .iter()
+            .find(|(_, shape)| *shape == self)
+            .map(|(n, _)| *n)
+            .expect("every shape is named")
     }
 
-    /// The model config of this shape (T5 v1.0: ReLU, tied head, rescaled
-    /// decoder output; v1.1: gated-GELU, untied head).
-    pub fn config(self) -> T5Config {
+    /// The decoder config of a decoder shape, as the checkpoint's `config.json` says it.
+    pub fn decoder_config(self) -> Option<LlamaConfig> {
+        let (d, ffn, layers, heads, kv, vocab, theta, tied, bos, eos) = match self {
+            Shape::SmolLm2_135M => (576, 1536, 30, 9, 3, 49152, 1e5, true, 0, 0),
+            Shape::TinyLlama1B => (2048, 5632, 22, 32, 4, 32000, 1e4, false, 1, 2),
+            Shape::Llama2_7B => (4096, 11008, 32, 32, 32, 32000, 1e4, false, 1, 2),
+            _ => return None,
+        };
+        let json = serde_json::json!({
+            "model_type": "llama", "hidden_size": d, "intermediate_size": ffn,
+            "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "vocab_size": vocab, "rope_theta": theta,
+            "tie_word_embeddings": tied, "rms_norm_eps": 1e-5,
+            "bos_token_id": bos, "eos_token_id": eos, "max_position_embeddings": 2048,
+        });
+        let config = LlamaConfig::from_value(&json, std::path::Path::new("<bench shape>"))
+            .expect("the bench shapes are valid configs");
+        Some(config)
+    }
+
+    /// The T5 config of a T5 shape (v1.0: ReLU, tied head, rescaled decoder
+    /// output; v1.1: gated-GELU, untied head); an error for a decoder shape.
+    pub fn t5_config(self) -> Result<T5Config> {
         let (layers, d, heads, d_ff) = match self {
             Shape::T5Small => (6, 512, 8, 2048),
             Shape::T5Base => (12, 768, 12, 3072),
             Shape::T5V11Small => (8, 512, 6, 1024),
+            other => {
+                return Err(Error::invalid(format!(
+                    "bench: `{}` is a decoder shape; this benchmark runs T5 shapes only",
+                    other.name()
+                )));
+            }
         };
         let v11 = self == Shape::T5V11Small;
-        T5Config {
+        Ok(T5Config {
             model_type: Some("t5".into()),
             vocab_size: 32128,
             d_model: d,
@@ -87,15 +132,44 @@ impl Shape {
             dense_act_fn: None,
             is_gated_act: None,
             torch_dtype: Some("float32".into()),
-        }
+        })
     }
 
-    /// Default (batch, input length): 16×128 for the small shapes, 8×256 for T5-base.
+    /// Default (batch, input length): 16×128 for the small T5 shapes, 8×256
+    /// for T5-base; 8×128, 4×128 and 2×128 for the three decoders.
     pub fn default_batch_len(self) -> (usize, usize) {
         match self {
             Shape::T5Small | Shape::T5V11Small => (16, 128),
             Shape::T5Base => (8, 256),
+            Shape::SmolLm2_135M => (8, 128),
+            Shape::TinyLlama1B => (4, 128),
+            Shape::Llama2_7B => (2, 128),
         }
+    }
+
+    /// A model of this shape with random weights.
+    fn build(
+        self,
+        seed: u64,
+        dtype: FloatType,
+        device: &burn::tensor::Device,
+    ) -> Result<Box<dyn FrozenModel>> {
+        Ok(match self.decoder_config() {
+            Some(c) => Box::new(Llama::random(c, seed, dtype, device)),
+            None => Box::new(T5::random(self.t5_config()?, seed, dtype, device)),
+        })
+    }
+
+    /// Random examples of this shape's vocabulary (see [`random_examples`]).
+    fn examples(self, batch: usize, len: usize, rng: &mut Rng) -> Result<Vec<TokenizedExample>> {
+        Ok(match self.decoder_config() {
+            Some(c) => {
+                let bos = c.raw.bos_token_id.as_ref().map_or(1, |b| b.all()[0]);
+                let vocab = c.raw.vocab_size;
+                random_decoder_examples(batch, len, vocab, bos, c.eos_ids()[0], rng)
+            }
+            None => random_examples(batch, len, &self.t5_config()?, rng),
+        })
     }
 }
 
@@ -293,6 +367,32 @@ pub fn random_examples(
         .collect()
 }
 
+/// A decoder's random examples: BOS then `len − 1` random pieces, targets of
+/// 2–4 tokens (EOS last).
+pub fn random_decoder_examples(
+    batch: usize,
+    len: usize,
+    vocab: usize,
+    bos: u32,
+    eos: u32,
+    rng: &mut Rng,
+) -> Vec<TokenizedExample> {
+    let piece = |rng: &mut Rng| 3 + rng.below(vocab.min(32000) as u64 - 3) as u32;
+    (0..batch)
+        .map(|_| {
+            let mut input_ids = vec![bos];
+            input_ids.extend((1..len).map(|_| piece(rng)));
+            let n = 2 + rng.below(3) as usize;
+            let mut label_ids: Vec<u32> = (0..n - 1).map(|_| piece(rng)).collect();
+            label_ids.push(eos);
+            TokenizedExample {
+                input_ids,
+                label_ids,
+            }
+        })
+        .collect()
+}
+
 /// A tokenizer that is never used: [`build_prompt`] takes one, but the
 /// vocabulary-sampled initialisation reads only the embedding.
 fn placeholder_tokenizer(eos: u32) -> Result<TextTokenizer> {
@@ -307,11 +407,17 @@ fn placeholder_tokenizer(eos: u32) -> Result<TextTokenizer> {
     tok
 }
 
-/// What the step differentiates.
-enum Trainable {
-    Prompt(Box<SoftPrompt>),
-    /// No prompt: the input embeddings.
-    Inputs,
+/// What the step differentiates, and through which model.
+enum Workload {
+    Prompt {
+        model: Box<dyn FrozenModel>,
+        prompt: Box<SoftPrompt>,
+    },
+    /// No prompt (T5 shapes): the input embeddings.
+    Inputs {
+        model: Box<T5>,
+        batch: Box<Seq2SeqBatch>,
+    },
 }
 
 struct StepResult {
@@ -331,51 +437,43 @@ fn squared_norm<const D: usize>(t: Option<Tensor<D>>) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn step(
-    model: &T5,
-    trainable: &Trainable,
-    examples: &[TokenizedExample],
-    batch: &Seq2SeqBatch,
-) -> StepResult {
-    let n_tokens = batch.n_tokens as f64;
+fn step(workload: &Workload, examples: &[TokenizedExample]) -> StepResult {
+    let n_tokens = examples.iter().map(|e| e.label_ids.len()).sum::<usize>() as f64;
     let start = Instant::now();
-    match trainable {
-        Trainable::Prompt(prompt) => {
-            let loss = batch_loss_sums(model, prompt.as_ref(), examples, 0).sum() / n_tokens;
-            let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
-            let forward_s = start.elapsed().as_secs_f64();
-            let grads = loss.backward();
-            let grad_norm = prompt
-                .params()
-                .iter()
-                .map(|(_, _, t)| squared_norm(t.grad(&grads)))
-                .sum::<f64>()
-                .sqrt();
-            StepResult {
-                forward_s,
-                backward_s: start.elapsed().as_secs_f64() - forward_s,
-                loss: loss_value,
-                grad_norm,
-            }
+    let (loss, wrt) = match workload {
+        Workload::Prompt { model, prompt } => {
+            let loss =
+                batch_loss_sums(model.as_ref(), prompt.as_ref(), examples, 0).sum() / n_tokens;
+            (loss, None)
         }
-        Trainable::Inputs => {
+        Workload::Inputs { model, batch } => {
             let embeds = model.embed(batch.input_ids.clone()).detach().require_grad();
             let enc = model.encode_embeds(embeds.clone(), &batch.attention_mask);
             let logits = model.decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
             let loss = token_loss_sums(logits, batch.labels.clone(), batch.label_mask.clone())
                 .sum()
                 / n_tokens;
-            let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
-            let forward_s = start.elapsed().as_secs_f64();
-            let grads = loss.backward();
-            let grad_norm = squared_norm(embeds.grad(&grads)).sqrt();
-            StepResult {
-                forward_s,
-                backward_s: start.elapsed().as_secs_f64() - forward_s,
-                loss: loss_value,
-                grad_norm,
-            }
+            (loss, Some(embeds))
         }
+    };
+    let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+    let forward_s = start.elapsed().as_secs_f64();
+    let grads = loss.backward();
+    let grad_norm = match (workload, wrt) {
+        (Workload::Prompt { prompt, .. }, _) => prompt
+            .params()
+            .iter()
+            .map(|(_, _, t)| squared_norm(t.grad(&grads)))
+            .sum::<f64>(),
+        (_, Some(embeds)) => squared_norm(embeds.grad(&grads)),
+        (_, None) => f64::NAN,
+    }
+    .sqrt();
+    StepResult {
+        forward_s,
+        backward_s: start.elapsed().as_secs_f64() - forward_s,
+        loss: loss_value,
+        grad_norm,
     }
 }
 
@@ -402,45 +500,54 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
     }
     let start_rss_mib = proc_status_mib("VmRSS:").unwrap_or(f64::NAN);
     let device = crate::runtime::cpu_device(true);
-    let config = settings.shape.config();
-    let model = T5::random(config.clone(), settings.seed, settings.dtype, &device);
-    let trainable = match settings.prompt_config() {
+    let shape = settings.shape;
+    let mut rng = Rng::new(settings.seed ^ 0x5EED_BA7C);
+    let (workload, prompt_rows, trainable_params) = match settings.prompt_config() {
         Some(pc) => {
-            let tok = placeholder_tokenizer(config.eos_token_id)?;
-            let prompt = build_prompt(&pc, &model, &tok)?.to_device(&device, true);
-            Trainable::Prompt(Box::new(prompt))
-        }
-        None => Trainable::Inputs,
-    };
-    let (prompt_rows, trainable_params) = match &trainable {
-        Trainable::Prompt(p) => (
-            p.len(),
-            p.params()
+            let model = shape.build(settings.seed, settings.dtype, &device)?;
+            let tok = placeholder_tokenizer(0)?;
+            let prompt = build_prompt(&pc, model.as_ref(), &tok)?.to_device(&device, true);
+            let rows = prompt.len();
+            let params = prompt
+                .params()
                 .iter()
                 .map(|(_, _, t)| t.dims().iter().product::<usize>())
-                .sum(),
-        ),
-        Trainable::Inputs => (0, 0),
+                .sum();
+            let prompt = Box::new(prompt);
+            (Workload::Prompt { model, prompt }, rows, params)
+        }
+        None => {
+            let config = shape.t5_config().map_err(|_| {
+                Error::invalid("bench --method none: T5 shapes only (a decoder needs pt or ept)")
+            })?;
+            let model = Box::new(T5::random(
+                config.clone(),
+                settings.seed,
+                settings.dtype,
+                &device,
+            ));
+            let examples = random_examples(settings.batch, settings.len, &config, &mut rng.clone());
+            let (pad, start) = (config.pad_id(), config.decoder_start_id());
+            let batch = Box::new(Seq2SeqBatch::new(&examples, pad, start, &device));
+            (Workload::Inputs { model, batch }, 0, 0)
+        }
     };
-    let mut rng = Rng::new(settings.seed ^ 0x5EED_BA7C);
-    let examples = random_examples(settings.batch, settings.len, &config, &mut rng);
-    let batch = Seq2SeqBatch::new(
-        &examples,
-        config.pad_id(),
-        config.decoder_start_id(),
-        &device,
-    );
+    let examples = shape.examples(settings.batch, settings.len, &mut rng)?;
+    let frozen_params = match &workload {
+        Workload::Prompt { model, .. } => model.num_parameters(),
+        Workload::Inputs { model, .. } => model.num_parameters(),
+    };
     let setup_peak_rss_mib = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
 
     for _ in 0..settings.warmup {
-        step(&model, &trainable, &examples, &batch);
+        step(&workload, &examples);
     }
     let mut step_s = Vec::with_capacity(settings.steps);
     let mut forward = Vec::with_capacity(settings.steps);
     let mut backward = Vec::with_capacity(settings.steps);
     let mut last = None;
     for _ in 0..settings.steps {
-        let r = step(&model, &trainable, &examples, &batch);
+        let r = step(&workload, &examples);
         step_s.push(r.forward_s + r.backward_s);
         forward.push(r.forward_s);
         backward.push(r.backward_s);
@@ -453,8 +560,8 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         settings: settings.clone(),
         prompt_rows,
         encoder_len: prompt_rows + settings.len,
-        target_tokens: batch.n_tokens,
-        frozen_params: model.num_parameters(),
+        target_tokens: examples.iter().map(|e| e.label_ids.len()).sum(),
+        frozen_params,
         trainable_params,
         threads: worker_threads(),
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
@@ -569,12 +676,12 @@ mod tests {
 
     #[test]
     fn presets_and_inputs_have_the_asked_shapes() {
-        let cfg = Shape::T5Small.config();
+        let cfg = Shape::T5Small.t5_config().unwrap();
         assert_eq!(
             (cfg.num_layers, cfg.decoder_layers(), cfg.inner_dim()),
             (6, 6, 512)
         );
-        let cfg = Shape::T5V11Small.config();
+        let cfg = Shape::T5V11Small.t5_config().unwrap();
         assert_eq!(
             (cfg.num_layers, cfg.inner_dim(), cfg.tie_word_embeddings),
             (8, 384, false)
@@ -584,7 +691,7 @@ mod tests {
                 .unwrap()
                 .gated
         );
-        let cfg = Shape::T5Base.config();
+        let cfg = Shape::T5Base.t5_config().unwrap();
         assert_eq!(
             (cfg.num_layers, cfg.d_model, cfg.inner_dim()),
             (12, 768, 768)
@@ -596,6 +703,32 @@ mod tests {
             assert_eq!(*e.input_ids.last().unwrap(), 1);
             assert!((2..=4).contains(&e.label_ids.len()));
             assert!(e.input_ids[..6].iter().all(|&i| i >= 3));
+        }
+        // Decoder shapes: the checkpoints' configs, BOS first, EOS last.
+        let c = Shape::SmolLm2_135M.decoder_config().unwrap();
+        assert_eq!(
+            (
+                c.num_heads(),
+                c.num_kv_heads,
+                c.head_dim,
+                c.raw.num_hidden_layers
+            ),
+            (9, 3, 64, 30)
+        );
+        let c = Shape::Llama2_7B.decoder_config().unwrap();
+        assert_eq!(
+            (c.hidden_size(), c.num_kv_heads, c.head_dim),
+            (4096, 32, 128)
+        );
+        assert!(Shape::TinyLlama1B.t5_config().is_err());
+        let ex = Shape::TinyLlama1B.examples(3, 9, &mut rng).unwrap();
+        for e in &ex {
+            assert_eq!((e.input_ids.len(), e.input_ids[0]), (9, 1));
+            assert_eq!(*e.label_ids.last().unwrap(), 2);
+        }
+        for (name, shape) in SHAPE_NAMES {
+            assert_eq!(Shape::parse(name).unwrap(), shape);
+            assert_eq!(shape.name(), name);
         }
         let ept = BenchSettings::new(Shape::T5Small, BenchMethod::Ept);
         let b = ept.prompt_config().unwrap().budget(512).unwrap();

@@ -7,11 +7,13 @@ use ept::io::weights::FloatType;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Architecture: t5-small (6+6 layers, d 512), t5-base (12+12, d 768) or
-    /// t5-v1_1-small (8+8, d 512, gated-GELU).
+    /// Architecture: t5-small (6+6 layers, d 512), t5-base (12+12, d 768),
+    /// t5-v1_1-small (8+8, d 512, gated-GELU), or a decoder: smollm2-135m
+    /// (30 layers, d 576), tinyllama-1.1b (22, d 2048), llama2-7b (32, d 4096).
     #[arg(long, default_value = "t5-small")]
     shape: String,
-    /// Examples per batch (default 16 for t5-small, 8 for t5-base).
+    /// Examples per batch (default 16 for t5-small, 8 for t5-base and smollm2-135m,
+    /// 4 for tinyllama-1.1b, 2 for llama2-7b).
     #[arg(long)]
     batch: Option<usize>,
     /// Input length in tokens, also EPT's m (default 128 for t5-small, 256 for t5-base).

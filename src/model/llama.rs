@@ -39,9 +39,9 @@ pub struct Attention {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
     /// The sliding window of this layer, if any.
     pub window: Option<usize>,
 }
@@ -212,11 +212,7 @@ impl Llama {
                 name: "lm_head.weight (the config says tie_word_embeddings: false)".into(),
             });
         };
-        let rotary = Rotary {
-            dim: hd,
-            theta: c.rope_theta,
-            scaling: c.rope_scaling.clone(),
-        };
+        let rotary = c.rotary();
         Ok(Llama {
             config,
             embed_tokens,

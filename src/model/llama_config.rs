@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::layers::RopeScaling;
+use super::layers::{RopeScaling, Rotary};
 use crate::error::{Error, Result};
 
 /// The families read, and what differs between them.
@@ -235,6 +235,15 @@ impl LlamaConfig {
 
     pub fn num_heads(&self) -> usize {
         self.raw.num_attention_heads
+    }
+
+    /// The rotary embedding every layer applies.
+    pub fn rotary(&self) -> Rotary {
+        Rotary {
+            dim: self.head_dim,
+            theta: self.rope_theta,
+            scaling: self.rope_scaling.clone(),
+        }
     }
 
     /// Token ids that end a generation (the first also ends every target).

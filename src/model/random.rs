@@ -1,5 +1,6 @@
-//! A T5 with random weights of a config's shapes: for benchmarks and tests that
-//! need the real architecture's cost but no checkpoint on disk.
+//! A T5 or a Llama-family decoder with random weights of a config's shapes:
+//! for benchmarks and tests that need the real architecture's cost but no
+//! checkpoint on disk.
 //!
 //! [`T5::random`] draws every matrix from N(0, 0.05²), [`T5::init`] as transformers'
 //! `T5PreTrainedModel._init_weights` does (the start of pretraining); RMS-norm weights are 1. Weights
@@ -14,6 +15,8 @@ use burn::tensor::{Device, Tensor};
 
 use super::config::{FeedForwardKind, T5Config};
 use super::layers::{Linear, RmsNorm};
+use super::llama::{self, Llama};
+use super::llama_config::LlamaConfig;
 use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, T5};
 use crate::io::weights::{FloatType, tensor_from_f32};
 use crate::rng::Rng;
@@ -164,6 +167,74 @@ impl T5 {
             decoder_norm,
             lm_head,
             tied_head,
+            dtype,
+            device: device.clone(),
+        }
+    }
+}
+
+impl Llama {
+    /// A decoder of `config`'s shapes with random weights (N(0, 0.05²), norms
+    /// 1, biases 0), deterministic in `seed`, laid out as a loaded checkpoint.
+    pub fn random(config: LlamaConfig, seed: u64, dtype: FloatType, device: &Device) -> Llama {
+        let mut init = Init {
+            rng: Rng::new(seed),
+            dtype,
+            device,
+            scheme: Scheme::Flat,
+        };
+        let c = &config;
+        let (d, v, ffn, eps) = (
+            c.hidden_size(),
+            c.raw.vocab_size,
+            c.raw.intermediate_size,
+            c.raw.rms_norm_eps,
+        );
+        let (hq, hkv, hd) = (c.num_heads(), c.num_kv_heads, c.head_dim);
+        let embed_tokens = init.matrix(v, d, STD);
+        let lin = |init: &mut Init, d_in: usize, d_out: usize, bias: bool| {
+            let mut l = init.linear(d_in, d_out);
+            l.bias = bias.then(|| tensor_from_f32(vec![0.0; d_out], [d_out], dtype, device));
+            l
+        };
+        let layers = c
+            .windows
+            .iter()
+            .map(|&window| llama::Layer {
+                input_norm: init.norm(d, eps),
+                attn: llama::Attention {
+                    q: lin(&mut init, d, hq * hd, c.qkv_bias),
+                    k: lin(&mut init, d, hkv * hd, c.qkv_bias),
+                    v: lin(&mut init, d, hkv * hd, c.qkv_bias),
+                    o: lin(&mut init, hq * hd, d, c.o_bias),
+                    heads: hq,
+                    kv_heads: hkv,
+                    head_dim: hd,
+                    window,
+                },
+                post_norm: init.norm(d, eps),
+                mlp: llama::Mlp {
+                    gate: lin(&mut init, d, ffn, c.raw.mlp_bias),
+                    up: lin(&mut init, d, ffn, c.raw.mlp_bias),
+                    down: lin(&mut init, ffn, d, c.raw.mlp_bias),
+                },
+            })
+            .collect();
+        let norm = init.norm(d, eps);
+        let (lm_head, tied_head) = if c.raw.tie_word_embeddings {
+            (embed_tokens.clone().transpose(), true)
+        } else {
+            (init.matrix(v, d, STD).transpose(), false)
+        };
+        let rotary = c.rotary();
+        Llama {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied_head,
+            rotary,
             dtype,
             device: device.clone(),
         }
