@@ -7,14 +7,17 @@ use ept::model::Backbone;
 use ept::model::batch::TokenizedExample;
 use ept::prompt::NoPrompt;
 
+/// On T5 and on a decoder (label continuations after the source, EOS included).
 #[test]
 fn ranking_agrees_with_per_option_losses() {
-    let b = Backbone::load(
-        &common::model_dir("gated-untied"),
-        None,
-        &ept::runtime::cpu_device(false),
-    )
-    .unwrap();
+    let decoder = common::fixtures().join("llama/llama-gqa");
+    for dir in [common::model_dir("gated-untied"), decoder] {
+        ranking_agrees(&dir);
+    }
+}
+
+fn ranking_agrees(dir: &std::path::Path) {
+    let b = Backbone::load(dir, None, &ept::runtime::cpu_device(false)).unwrap();
     let examples = ept::data::load_user_file(&common::fixtures().join("data.jsonl")).unwrap();
     let inputs: Vec<Vec<u32>> = examples
         .iter()
@@ -23,7 +26,7 @@ fn ranking_agrees_with_per_option_losses() {
     let labels = ["yes", "no", "maybe so"];
     let options: Vec<Vec<u32>> = labels
         .iter()
-        .map(|l| b.tokenizer.encode(l, None).unwrap())
+        .map(|l| b.tokenizer.encode_target(l).unwrap())
         .collect();
     let best = rank_options(b.model.as_ref(), &NoPrompt, &inputs, &options, 4);
     for (i, input) in inputs.iter().enumerate() {
@@ -38,7 +41,7 @@ fn ranking_agrees_with_per_option_losses() {
         let want = (0..nll.len())
             .min_by(|&a, &c| nll[a].total_cmp(&nll[c]))
             .unwrap();
-        assert_eq!(best[i], want, "example {i}: {nll:?}");
+        assert_eq!(best[i], want, "{}: example {i}: {nll:?}", dir.display());
     }
     let tokenized: Vec<TokenizedExample> = inputs
         .iter()
