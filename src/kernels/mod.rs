@@ -24,7 +24,7 @@
 //! - `norm.rs`: [`rms_norm`], T5's RMS norm;
 //! - `softmax.rs`: [`softmax_with_bias`], and the row kernels the attention
 //!   kernels share;
-//! - `activation.rs`: [`gated_gelu`], T5 v1.1's gated-GELU activation;
+//! - `activation.rs`: [`gated_gelu`] (T5 v1.1) and [`gated_silu`] (SwiGLU), gated activations;
 //! - `elementwise.rs`: [`relu`] and [`residual_add`], in place where they can be;
 //! - `linear.rs`: the products with frozen weights, [`frozen_linear`],
 //!   [`bf16_linear`] and [`few_rows_matmul`];
@@ -56,7 +56,7 @@ pub mod packed;
 pub mod rowdot;
 pub mod softmax;
 
-pub use activation::{gated_gelu, gated_gelu_reference};
+pub use activation::{gated_gelu, gated_gelu_reference, gated_silu, gated_silu_reference};
 pub use attention::{attention, attention_reference};
 pub use common::{enabled, kernels_name, set_enabled};
 pub use cross_attention::{cross_attention, cross_attention_reference};

@@ -15,7 +15,6 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
@@ -113,8 +112,9 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate.forward(x.clone()));
-        self.down.forward(gate * self.up.forward(x))
+        let gate = self.gate.forward(x.clone());
+        self.down
+            .forward(kernels::gated_silu(gate, self.up.forward(x)))
     }
 }
 
