@@ -46,6 +46,9 @@ fn d_eos() -> u32 {
     1
 }
 
+/// The `model_type`s ept reads; T5's config check is where anything else is refused.
+const SUPPORTED: &str = "t5, mt5, llama, mistral or qwen2";
+
 /// transformers' `T5Config`, the fields the forward pass needs.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct T5Config {
@@ -134,14 +137,14 @@ impl T5Config {
                 return Err(Error::field(
                     path,
                     "model_type",
-                    format!("unsupported architecture `{other}`: expected `t5` or `mt5`"),
+                    format!("unsupported architecture `{other}`: expected {SUPPORTED}"),
                 ));
             }
             None => {
                 return Err(Error::field(
                     path,
                     "model_type",
-                    "missing: expected `t5` or `mt5`",
+                    format!("missing: expected {SUPPORTED}"),
                 ));
             }
         }

@@ -50,8 +50,8 @@ impl ModelShape {
     /// The shape of the model in `dir` (its `config.json`, validated).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let (path, config) = read_config(dir)?;
-        Ok(match config.get("model_type").and_then(|v| v.as_str()) {
-            Some("llama" | "mistral" | "qwen2") => {
+        Ok(match Arch::of(&config) {
+            Arch::Decoder => {
                 let c = LlamaConfig::from_value(&config, &path)?;
                 ModelShape {
                     architecture: c.family.name().into(),
@@ -61,7 +61,7 @@ impl ModelShape {
                     peft_task_type: "CAUSAL_LM",
                 }
             }
-            _ => {
+            Arch::T5 => {
                 let c = T5Config::from_file(&path)?;
                 ModelShape {
                     architecture: "t5".into(),
@@ -72,6 +72,22 @@ impl ModelShape {
                 }
             }
         })
+    }
+}
+
+/// Which implementation reads a `config.json`: its `model_type` decides, and
+/// anything not a decoder goes to T5, whose config check names the field.
+enum Arch {
+    T5,
+    Decoder,
+}
+
+impl Arch {
+    fn of(config: &serde_json::Value) -> Self {
+        match config.get("model_type").and_then(|v| v.as_str()) {
+            Some("llama" | "mistral" | "qwen2") => Arch::Decoder,
+            _ => Arch::T5,
+        }
     }
 }
 
@@ -105,30 +121,19 @@ impl Backbone {
     pub fn load(dir: &Path, dtype: Option<FloatType>, device: &Device) -> Result<Self> {
         let (config_path, config) = read_config(dir)?;
         let dtype = dtype.unwrap_or(FloatType::F32);
-        let model_type = config.get("model_type").and_then(|v| v.as_str());
         let tokenizer_path = dir.join("tokenizer.json");
         let weights = WeightFile::open_dir(dir)?;
-        let (model, tokenizer): (Box<dyn FrozenModel>, TextTokenizer) = match model_type {
-            Some("llama" | "mistral" | "qwen2") => {
+        let (model, tokenizer): (Box<dyn FrozenModel>, TextTokenizer) = match Arch::of(&config) {
+            Arch::Decoder => {
                 let cfg = LlamaConfig::from_value(&config, &config_path)?;
                 let eos = cfg.eos_ids()[0];
                 let model = Llama::from_weights(cfg, &weights, dtype, device)?;
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?.for_decoder();
                 (Box::new(model), tok)
             }
-            _ => {
-                // T5Config names the field and the expected values when it is neither.
-                let cfg = T5Config::from_file(&config_path).map_err(|e| match e {
-                    Error::Field { path, field, .. } if field == "model_type" => Error::field(
-                        path,
-                        field,
-                        format!(
-                            "unsupported architecture `{}`: expected t5, mt5, llama, mistral or qwen2",
-                            model_type.unwrap_or("(missing)")
-                        ),
-                    ),
-                    other => other,
-                })?;
+            Arch::T5 => {
+                // T5Config names the field and every supported value otherwise.
+                let cfg = T5Config::from_file(&config_path)?;
                 let eos = cfg.eos_token_id;
                 let model = T5::from_weights(cfg, &weights, &config_path, dtype, device)?;
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?;

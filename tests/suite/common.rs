@@ -51,3 +51,33 @@ pub fn ept_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Every example's loss sum, alone and in one padded batch, against the
+/// reference sums `want`: alone within 1e-4 relative, the batch equal to
+/// alone within 1e-5 (both relative to max(|ref|, `floor`)). Returns the sums alone.
+pub fn check_example_losses(
+    name: &str,
+    model: &dyn ept::model::FrozenModel,
+    examples: &[ept::model::batch::TokenizedExample],
+    want: &[f64],
+    floor: f64,
+) -> Vec<f64> {
+    use ept::evaluate::example_loss_sums;
+    use ept::prompt::NoPrompt;
+    let single = example_loss_sums(model, &NoPrompt, examples, 1);
+    let batched = example_loss_sums(model, &NoPrompt, examples, examples.len());
+    for (i, &w) in want.iter().enumerate() {
+        assert!(
+            close(single[i], w, 1e-4, floor),
+            "{name} example {i}: loss sum {} vs transformers {w}",
+            single[i]
+        );
+        assert!(
+            close(batched[i], single[i], 1e-5, floor),
+            "{name} example {i}: padded batch {} vs alone {}",
+            batched[i],
+            single[i]
+        );
+    }
+    single
+}

@@ -112,22 +112,8 @@ fn check_model(name: &str) {
     let r = reference(name);
     let b = load(name, FloatType::F32);
     let examples = tokenized(name, &b, &r);
-    let single = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, 1);
-    let batched = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, examples.len());
-    for (i, e) in r.examples.iter().enumerate() {
-        assert!(
-            close(single[i], e.loss_sum, 1e-4, 1e-6),
-            "{name} example {i}: loss sum {} vs transformers {}",
-            single[i],
-            e.loss_sum
-        );
-        assert!(
-            close(batched[i], single[i], 1e-5, 1e-6),
-            "{name} example {i}: padded batch {} vs alone {}",
-            batched[i],
-            single[i]
-        );
-    }
+    let want: Vec<f64> = r.examples.iter().map(|e| e.loss_sum).collect();
+    common::check_example_losses(name, b.model.as_ref(), &examples, &want, 1e-6);
     let report = corpus_loss(b.model.as_ref(), &NoPrompt, &examples, 4);
     assert!(
         close(report.loss, r.mean_loss, 1e-4, 1e-6),

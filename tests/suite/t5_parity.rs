@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::{close, model_dir};
-use ept::evaluate::{corpus_loss, example_loss_sums, generate_ids};
+use ept::evaluate::{corpus_loss, generate_ids};
 use ept::io::weights::FloatType;
 use ept::model::batch::{Seq2SeqBatch, TokenizedExample};
 use ept::model::{Backbone, T5};
@@ -78,22 +78,8 @@ fn check_model(name: &str) {
         });
     }
     // One by one, then all in one padded batch.
-    let single = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, 1);
-    let batched = example_loss_sums(b.model.as_ref(), &NoPrompt, &examples, examples.len());
-    for (i, e) in r.examples.iter().enumerate() {
-        assert!(
-            close(single[i], e.loss_sum, 1e-4, 1e-3),
-            "{name} example {i}: loss sum {} vs transformers {}",
-            single[i],
-            e.loss_sum
-        );
-        assert!(
-            close(batched[i], single[i], 1e-5, 1e-3),
-            "{name} example {i}: padded batch {} vs alone {}",
-            batched[i],
-            single[i]
-        );
-    }
+    let want: Vec<f64> = r.examples.iter().map(|e| e.loss_sum).collect();
+    common::check_example_losses(name, b.model.as_ref(), &examples, &want, 1e-3);
     let report = corpus_loss(b.model.as_ref(), &NoPrompt, &examples, 4);
     assert!(
         close(report.loss, r.mean_loss, 1e-4, 1e-6),
