@@ -34,6 +34,17 @@ Reports median / min / mean step time, the forward and backward medians,
 input tokens per second at the median, and the process's peak resident memory
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`: the whole process, the Python
 interpreter and the torch libraries included).
+
+`--device cpu|cuda|cuda:N` (default cpu) runs either level on that device: the model
+and the prompt are built on the CPU exactly as before (the same random weights, prompt and
+batches whatever the device) and then moved there, every batch is moved before it is used,
+and `--dtype bf16-mixed` autocasts on that device type. On CUDA every timed region (each
+step, its forward part; the epoch or the scoring pass at task level) starts and ends with
+`torch.cuda.synchronize()`, and the report adds the peak of `torch.cuda.max_memory_allocated`
+(`peak_gpu_mib`, MiB; tensors only, not the caching allocator's reserve nor the CUDA
+context), its statistics reset after set-up, just before the warm-up (task level: before the
+untimed loss or the scoring pass), so the frozen weights count. `peak_gpu_mib` is null on the
+CPU; `device` names the device ("cpu", "cuda:0 (NVIDIA H200)").
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -81,6 +93,77 @@ def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def device_arg(value: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", value):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, not {value!r}")
+    return value
+
+
+class Device:
+    """The device the benchmark runs on (--device): where tensors go, the autocast device
+    type, the clock's synchronisation and the peak of GPU memory."""
+
+    def __init__(self, torch, spec: str):
+        self.torch = torch
+        if spec == "cpu":
+            self.device = torch.device("cpu")
+            self.name = "cpu"
+            return
+        if not torch.cuda.is_available():
+            print(f"bench_pytorch: --device {spec} asked for, but torch.cuda.is_available() is false "
+                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu",
+                  file=sys.stderr)
+            sys.exit(2)
+        index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            print(f"bench_pytorch: --device {spec} asked for, but torch sees "
+                  f"{torch.cuda.device_count()} CUDA device(s)", file=sys.stderr)
+            sys.exit(2)
+        self.device = torch.device("cuda", index)
+        torch.cuda.set_device(self.device)
+        self.name = f"cuda:{index} ({torch.cuda.get_device_name(self.device)})"
+
+    @property
+    def type(self) -> str:
+        return self.device.type
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def to(self, *tensors):
+        """The tensors on the device (ordinary blocking copies; the same tensors on the CPU);
+        one tensor for one, a tuple for several."""
+        moved = tuple(t.to(self.device) for t in tensors)
+        return moved if len(moved) > 1 else moved[0]
+
+    def clock(self) -> float:
+        """time.perf_counter() once the device has finished its queued work."""
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mib(self):
+        """Peak of torch.cuda.max_memory_allocated since reset_peak, MiB (None on the CPU)."""
+        if not self.cuda:
+            return None
+        self.torch.cuda.synchronize(self.device)
+        return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def allocator(self) -> str:
+        if not self.cuda:
+            return "glibc malloc, defaults (torch CPU allocator)"
+        conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+        return ("torch CUDA caching allocator, " + (f"PYTORCH_CUDA_ALLOC_CONF={conf}" if conf else "defaults")
+                + "; host: glibc malloc, defaults")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES) + sorted(DECODER_SHAPES), default="t5-small")
@@ -94,11 +177,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
+                   help="torch.set_num_threads (the CPU's intra-op threads; matters for --device cpu)")
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                    help="transformers attention implementation (sdpa is its default)")
     p.add_argument("--dtype", choices=["f32", "bf16-mixed"], default="f32",
-                   help="bf16-mixed: the step under torch.autocast('cpu', dtype=torch.bfloat16)")
+                   help="bf16-mixed: the step under torch.autocast(<device type>, dtype=torch.bfloat16)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (default), cuda or cuda:N: where the model, the prompt and the batches live")
     p.add_argument("--json", action="store_true")
     p.add_argument("--task-dir", help="task level: replay `ept bench --task ... --export DIR`")
     p.add_argument("--pad-to", type=int, default=256,
@@ -110,13 +196,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_autocast(torch, dtype):
-    """The context the step runs in: bf16 autocast (PyTorch's mixed precision
-    on CPU: matrix products in bf16 through oneDNN, AMX where the CPU has it)
-    or nothing."""
+def make_autocast(torch, dtype, device_type="cpu"):
+    """The context the step runs in: bf16 autocast on `device_type` (PyTorch's mixed
+    precision; on CPU: matrix products in bf16 through oneDNN, AMX where the CPU has it;
+    on CUDA: through cuBLAS / cuDNN) or nothing."""
     import contextlib
     if dtype == "bf16-mixed":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -144,6 +230,7 @@ def load_task(args):
     from safetensors.torch import load_file
     from transformers import T5ForConditionalGeneration
 
+    dev = Device(torch, args.device)
     torch.set_num_threads(args.threads)
     work = json.load(open(os.path.join(args.task_dir, "workload.json")))
     if work["settings"]["step"]["method"] != "pt":
@@ -158,22 +245,25 @@ def load_task(args):
     cfg = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=n, token_dim=d,
                              num_transformer_submodules=1)
     pmodel = get_peft_model(model, cfg)
-    emb = pmodel.prompt_encoder["default"].embedding.weight
     with torch.no_grad():
-        emb.copy_(prompt)
+        pmodel.prompt_encoder["default"].embedding.weight.copy_(prompt)
+    # The frozen model and PEFT's prompt encoder (a submodule) onto the device.
+    pmodel.to(dev.device)
+    emb = pmodel.prompt_encoder["default"].embedding.weight
     params = [p for p in pmodel.parameters() if p.requires_grad]
     assert len(params) == 1 and params[0] is emb, [tuple(p.shape) for p in params]
-    return torch, work, model, pmodel, emb
+    assert emb.device == dev.device and model.device == dev.device, (emb.device, model.device)
+    return torch, dev, work, model, pmodel, emb
 
 
 def run_eval(args) -> int:
     """Scores the exported examples once (`--eval generate|rank`, see the module docs)."""
     start_rss = proc_status_mib("VmRSS:")
-    torch, work, model, pmodel, emb = load_task(args)
+    torch, dev, work, model, pmodel, emb = load_task(args)
     import transformers
     examples = work["examples"]
     batch = work["settings"]["step"]["batch"]
-    autocast = make_autocast(torch, args.dtype)
+    autocast = make_autocast(torch, args.dtype, dev.type)
     eos = model.config.eos_token_id
     if args.pad_to > 0:
         # DePT: data order, every input padded to the same length.
@@ -185,12 +275,14 @@ def run_eval(args) -> int:
     n_prompt = emb.shape[0]
     predictions = [None] * len(examples)
     padded, generated = 0, 0
-    t0 = time.perf_counter()
+    dev.reset_peak()
+    t0 = dev.clock()
     with torch.no_grad(), autocast():
         for idx in batches:
             rows = [{"input_ids": examples[i]["input_ids"], "label_ids": [eos]} for i in idx]
             ids, mask, _ = collate(torch, rows, args.pad_to)
             padded += ids.numel()
+            ids, mask = dev.to(ids, mask)
             if args.eval == "generate":
                 # DePT's evaluation (src/trainer.py): PEFT's generate, greedy, one beam.
                 out = pmodel.generate(input_ids=ids, attention_mask=mask,
@@ -211,11 +303,11 @@ def run_eval(args) -> int:
                 b = ids.shape[0]
                 embeds = torch.cat([pmodel.get_prompt(batch_size=b).to(model.dtype),
                                     model.get_input_embeddings()(ids)], dim=1)
-                full_mask = torch.cat([torch.ones(b, n_prompt, dtype=mask.dtype), mask], dim=1)
+                full_mask = torch.cat([mask.new_ones(b, n_prompt), mask], dim=1)
                 enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=full_mask)
                 scores = []
                 for option in work["options"]:
-                    labels = torch.tensor([option] * b)
+                    labels = torch.tensor([option] * b, device=dev.device)
                     logits = model(encoder_outputs=enc, attention_mask=full_mask, labels=labels).logits
                     nll = torch.nn.functional.cross_entropy(
                         logits.float().transpose(1, 2), labels, reduction="none").sum(1)
@@ -223,7 +315,8 @@ def run_eval(args) -> int:
                 best = torch.stack(scores, 1).argmax(1).tolist()
                 for k, i in enumerate(idx):
                     predictions[i] = best[k]
-    eval_s = time.perf_counter() - t0
+    eval_s = dev.clock() - t0
+    peak_gpu = dev.peak_mib()
     report = {
         "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__} + PEFT",
         "task": work["settings"]["task"], "examples": len(examples), "batch": batch,
@@ -233,6 +326,7 @@ def run_eval(args) -> int:
         "real_tokens": sum(len(r["input_ids"]) for r in examples),
         "eval_s": eval_s, "examples_per_s": len(examples) / eval_s, "generated_tokens": generated,
         "predictions": predictions, "start_rss_mib": start_rss, "peak_rss_mib": maxrss_mib(),
+        "device": dev.name, "peak_gpu_mib": peak_gpu,
     }
     print_report(report, args.json)
     return 0
@@ -250,7 +344,7 @@ def print_report(report, json_out):
 def run_task(args) -> int:
     """One epoch of the exported workload, DePT's way (see the module docs)."""
     start_rss = proc_status_mib("VmRSS:")
-    torch, work, model, pmodel, emb = load_task(args)
+    torch, dev, work, model, pmodel, emb = load_task(args)
     import transformers
     st = work["settings"]["step"]
     examples = work["examples"]
@@ -258,13 +352,14 @@ def run_task(args) -> int:
     lr = work["settings"]["lr"]
     # transformers' AdamW is gone in 5.x; torch's with Hugging Face's old eps.
     opt = torch.optim.AdamW([emb], lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
-    autocast = make_autocast(torch, args.dtype)
+    autocast = make_autocast(torch, args.dtype, dev.type)
 
     # The loss at the initial prompt, token-mean over every example (untimed).
+    dev.reset_peak()
     total, tokens = 0.0, 0
     with torch.no_grad(), autocast():
         for i in range(0, len(examples), batch):
-            ids, mask, labels = collate(torch, examples[i : i + batch], 0)
+            ids, mask, labels = dev.to(*collate(torch, examples[i : i + batch], 0))
             logits = pmodel(input_ids=ids, attention_mask=mask, labels=labels).logits
             total += float(torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -274,19 +369,21 @@ def run_task(args) -> int:
 
     g = torch.Generator().manual_seed(st["seed"])
     order = torch.randperm(len(examples), generator=g).tolist()
-    t0 = time.perf_counter()
+    t0 = dev.clock()
     losses, padded = [], 0
     for i in range(0, len(order), batch):
         rows = [examples[j] for j in order[i : i + batch]]
         ids, mask, labels = collate(torch, rows, args.pad_to)
         padded += ids.numel()
+        ids, mask, labels = dev.to(ids, mask, labels)
         with autocast():
             loss = pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    epoch_s = time.perf_counter() - t0
+    epoch_s = dev.clock() - t0
+    peak_gpu = dev.peak_mib()
     report = {
         "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__} + PEFT",
         "task": work["settings"]["task"], "examples": len(examples), "batch": batch,
@@ -296,6 +393,7 @@ def run_task(args) -> int:
         "epoch_s": epoch_s, "examples_per_s": len(examples) / epoch_s,
         "initial_loss": initial_loss, "epoch_mean_loss": statistics.fmean(losses),
         "start_rss_mib": start_rss, "peak_rss_mib": maxrss_mib(),
+        "device": dev.name, "peak_gpu_mib": peak_gpu,
     }
     print_report(report, args.json)
     return 0
@@ -326,6 +424,7 @@ def main(argv=None) -> int:
 
     # Resident memory of the interpreter with torch and transformers loaded, before any model.
     import_rss = proc_status_mib("VmRSS:")
+    dev = Device(torch, args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     d = shape["d"]
@@ -400,12 +499,18 @@ def main(argv=None) -> int:
             mask[i, :length + n] = 1
             dec_labels[i, length:length + n] = target
         ids, labels = text, dec_labels
+    # Everything was built on the CPU (the same weights, prompt and batch on every device);
+    # now onto the device. Module.to keeps the Parameter objects, so `params` stays valid.
+    model.to(dev.device)
+    if prompt is not None:
+        prompt.to(dev.device)
+    ids, mask, labels = dev.to(ids, mask, labels)
     setup_peak = maxrss_mib()
 
-    autocast = make_autocast(torch, args.dtype)
+    autocast = make_autocast(torch, args.dtype, dev.type)
 
     def step():
-        t0 = time.perf_counter()
+        t0 = dev.clock()
         with autocast():
             embeds = model.get_input_embeddings()(ids)
             if prompt is None:
@@ -419,12 +524,13 @@ def main(argv=None) -> int:
                 l2, wrt = labels, params
             loss = model(inputs_embeds=x, attention_mask=m2, labels=l2).loss
         value = loss.item()
-        t1 = time.perf_counter()
+        t1 = dev.clock()
         grads = torch.autograd.grad(loss, wrt)
         norm = float(torch.sqrt(sum((gr.double() ** 2).sum() for gr in grads)))
-        t2 = time.perf_counter()
+        t2 = dev.clock()
         return t1 - t0, t2 - t1, value, norm
 
+    dev.reset_peak()
     for _ in range(args.warmup):
         step()
     fwd, bwd, loss, norm = [], [], float("nan"), float("nan")
@@ -432,6 +538,7 @@ def main(argv=None) -> int:
         f, b_, loss, norm = step()
         fwd.append(f)
         bwd.append(b_)
+    peak_gpu = dev.peak_mib()
     steps = [f + b_ for f, b_ in zip(fwd, bwd)]
     median = statistics.median(steps)
     report = {
@@ -448,7 +555,7 @@ def main(argv=None) -> int:
         "frozen_params": frozen,
         "trainable_params": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),
-        "allocator": "glibc malloc, defaults (torch CPU allocator)",
+        "allocator": dev.allocator(),
         "step_s": steps,
         "median_s": median,
         "min_s": min(steps),
@@ -462,6 +569,8 @@ def main(argv=None) -> int:
         "peak_rss_mib": maxrss_mib(),
         "loss": loss,
         "grad_norm": norm,
+        "device": dev.name,
+        "peak_gpu_mib": peak_gpu,
     }
     if args.json:
         print(json.dumps(report))
@@ -469,6 +578,7 @@ def main(argv=None) -> int:
         r = report
         print(f"implementation         {r['implementation']} (attention: {attn_impl})")
         print(f"shape / method         {args.shape} / {args.method}")
+        print(f"device / precision     {dev.name} / {args.dtype}")
         print(f"batch × len            {batch} × {length} (+{prompt_rows} prompt rows; {n_tokens} target tokens)")
         print(f"parameters             {frozen} frozen, {r['trainable_params']} trainable")
         print(f"threads                {r['threads']}")
@@ -477,6 +587,10 @@ def main(argv=None) -> int:
         print(f"  forward / backward   {r['forward_median_s']:.3f} s / {r['backward_median_s']:.3f} s (medians)")
         print(f"tokens/s               {r['tokens_per_s']:.1f} (input tokens)")
         print(f"peak RSS (ru_maxrss)   {r['peak_rss_mib']:.0f} MiB (process peak; {setup_peak:.0f} MiB after set-up, {import_rss:.0f} MiB after imports, {start_rss:.0f} MiB at start)")
+        if peak_gpu is None:
+            print("peak GPU memory        n/a (cpu)")
+        else:
+            print(f"peak GPU memory        {peak_gpu:.0f} MiB (torch.cuda.max_memory_allocated over warm-up and steps; weights included)")
         print(f"last step              loss {loss:.4f}, gradient norm {norm:.3e}")
     return 0
 

@@ -5,7 +5,7 @@
 #
 #   scripts/bench_vs_pytorch.sh [--full] [--v11] [--decoder] [--no-t5-small] [--steps N] [--warmup W]
 #                               [--threads T] [--attn sdpa|eager] [--out DIR]
-#                               [--dtype f32|bf16-mixed] [--rounds R]
+#                               [--dtype f32|bf16-mixed] [--rounds R] [--device cpu|cuda[:N]]
 #
 # Default set: T5-small PT l=100 and EPT s=60 r=30 (4 experts, cross-attention
 # fusion, m = len), batch 16 x 128 tokens. --full adds T5-base PT and EPT at
@@ -20,10 +20,12 @@
 # per-round ratios: on a noisy shared machine the two runs of one round see
 # the same conditions, so the paired ratio is steadier than either time. EPT_BIN overrides the ept binary (default target/release/ept,
 # built if missing); PYTHON the interpreter that runs bench_pytorch.py (default python3).
+# --device DEV (default cpu) is passed to both sides (`ept bench --device`,
+# bench_pytorch.py --device), so that both always run on the same device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 DECODER=0 T5_SMALL=1 ATTN=sdpa OUT="" ROUNDS=1
+STEPS=5 WARMUP=2 THREADS=2 DTYPE=f32 FULL=0 V11=0 DECODER=0 T5_SMALL=1 ATTN=sdpa OUT="" ROUNDS=1 DEVICE=cpu
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
@@ -37,13 +39,16 @@ while [ $# -gt 0 ]; do
         --attn) ATTN="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --device) DEVICE="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 
 . scripts/bench_setup.sh
+
+DEVICE_ARGS=(--device "$DEVICE")
 
 WORKLOADS=()
 if [ "$T5_SMALL" = 1 ]; then
@@ -68,10 +73,11 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r shape method <<<"$w"
         echo "== round $round, $shape $method: ept" >&2
         "$BIN" bench --shape "$shape" --method "$method" --steps "$STEPS" --warmup "$WARMUP" \
-            --dtype "$DTYPE" --json >"$OUT/ept-$shape-$method-$round.json"
+            --dtype "$DTYPE" ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} --json >"$OUT/ept-$shape-$method-$round.json"
         echo "== round $round, $shape $method: PyTorch" >&2
         "${PYTHON:-python3}" scripts/bench_pytorch.py --shape "$shape" --method "$method" --steps "$STEPS" \
-            --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" --json \
+            --warmup "$WARMUP" --threads "$THREADS" --attn "$ATTN" --dtype "$DTYPE" \
+            ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} --json \
             >"$OUT/torch-$shape-$method-$round.json"
     done
 done

@@ -18,11 +18,12 @@ fn main() -> ExitCode {
 }
 
 /// Log lines as `ept: warning: ...`; the level comes from `RUST_LOG` (default
-/// `info`: progress lines where no progress bar is drawn; `warn` hides them, `debug` adds
-/// every step).
+/// `warn,ept=info`: ept's progress lines where no progress bar is drawn; `warn` hides them,
+/// `debug` adds every step). Other crates stay at `warn` by default: cubecl logs every
+/// compiled kernel at `info`.
 fn init_logging() {
     use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,ept=info"))
         .format(|buf, record| {
             let level = match record.level() {
                 log::Level::Error => "error",

@@ -13,7 +13,7 @@ pub mod task;
 
 use std::time::Instant;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::evaluate::batch_loss_sums;
@@ -207,6 +207,11 @@ impl BenchMethod {
     }
 }
 
+/// A device as burn names it, e.g. `Device<Autodiff(Cuda(CudaDevice { index: 0 }))>`.
+fn debug_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{d:?}"))
+}
+
 /// One benchmark workload.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchSettings {
@@ -226,6 +231,9 @@ pub struct BenchSettings {
     pub warmup: usize,
     pub seed: u64,
     pub dtype: FloatType,
+    /// Where the step runs (autodiff on): the CPU unless `ept bench --device` says otherwise.
+    #[serde(serialize_with = "debug_name")]
+    pub device: Device,
 }
 
 impl BenchSettings {
@@ -245,6 +253,7 @@ impl BenchSettings {
             warmup: 2,
             seed: 0,
             dtype: FloatType::F32,
+            device: crate::runtime::cpu_device(true),
         }
     }
 
@@ -499,7 +508,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         ));
     }
     let start_rss_mib = proc_status_mib("VmRSS:").unwrap_or(f64::NAN);
-    let device = crate::runtime::cpu_device(true);
+    let device = settings.device.clone();
     let shape = settings.shape;
     let mut rng = Rng::new(settings.seed ^ 0x5EED_BA7C);
     let (workload, prompt_rows, trainable_params) = match settings.prompt_config() {
@@ -611,6 +620,7 @@ impl BenchReport {
             ),
         );
         row("dtype", s.dtype.name().to_string());
+        row("device", format!("{:?}", s.device));
         row(
             "parameters",
             format!(

@@ -163,7 +163,7 @@ impl Workload {
         let pc = st
             .prompt_config()
             .ok_or_else(|| Error::invalid("bench --task: needs --method pt or ept"))?;
-        let device = crate::runtime::cpu_device(true);
+        let device = st.device.clone();
         let config = st.shape.t5_config()?;
         let model = T5::random(config.clone(), st.seed, st.dtype, &device);
         let tok = placeholder_tokenizer(config.eos_token_id)?;

@@ -80,6 +80,8 @@ pub struct BenchArgs {
     /// (RMS norm, attention softmax): to measure what the kernels buy.
     #[arg(long)]
     plain_ops: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// The allocator setting `main` put in force (`ept::runtime::tune_allocator`).
@@ -112,6 +114,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     settings.warmup = args.warmup;
     settings.seed = args.seed;
     settings.dtype = FloatType::parse(&args.dtype)?;
+    settings.device = args.device.open(true)?;
     ept::kernels::set_enabled(!args.plain_ops);
     if let Some(task) = &args.task {
         settings.batch = args.batch.unwrap_or(32);

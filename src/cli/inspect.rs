@@ -3,19 +3,53 @@
 use clap::Args;
 use ept::Result;
 
-use super::ModelArgs;
+use super::{DeviceArgs, ModelArgs};
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// A folder as `save_pretrained` writes it, or a hub id found in the local Hugging Face cache.
+    #[arg(long, required_unless_present = "devices")]
+    model: Option<String>,
+    /// Branch, tag or commit of a hub id in the cache.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Precision to load in: f32 (default), bf16 or bf16-mixed.
+    #[arg(long)]
+    dtype: Option<String>,
     #[command(flatten)]
-    model: ModelArgs,
+    device: DeviceArgs,
+    /// List the compute devices `--device` can name: what this ept can use, and what another
+    /// build could (GPUs the driver reports when the `cuda` feature is missing).
+    #[arg(long, conflicts_with = "model")]
+    devices: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let b = args.model.load(false)?;
+    if args.devices {
+        let rows = ept::runtime::available_devices();
+        if args.json {
+            println!("{}", serde_json::json!({ "devices": rows }));
+        } else {
+            for r in rows {
+                let mark = if r.usable { "yes" } else { "no" };
+                println!("{:<12} {mark:<4} {}", r.name, r.detail);
+            }
+        }
+        return Ok(());
+    }
+    let model = ModelArgs {
+        model: args
+            .model
+            .clone()
+            .expect("clap requires --model without --devices"),
+        revision: args.revision.clone(),
+        dtype: args.dtype.clone(),
+        device: args.device.clone(),
+    };
+    let b = model.load(false)?;
     let m = &b.model;
     let mut info = serde_json::Map::new();
     info.insert("folder".into(), serde_json::json!(b.dir));

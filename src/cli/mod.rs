@@ -68,13 +68,35 @@ pub struct ModelArgs {
     /// (bf16 dense layers with f32 sums; AMX tiles or AVX512-BF16 where the CPU has them).
     #[arg(long)]
     pub dtype: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl ModelArgs {
     pub fn load(&self, train: bool) -> Result<Backbone> {
         let dir = resolve_model(&self.model, self.revision.as_deref())?;
         let dtype = self.dtype.as_deref().map(FloatType::parse).transpose()?;
-        Backbone::load(&dir, dtype, &ept::runtime::cpu_device(train))
+        // Flags are checked before the device is opened, the device before the weights are read.
+        let device = self.device.open(train)?;
+        Backbone::load(&dir, dtype, &device)
+    }
+}
+
+/// Where the model runs.
+#[derive(Args, Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeviceArgs {
+    /// auto (a CUDA GPU when this ept has the `cuda` feature and the driver reports one,
+    /// else the CPU), cpu, cuda[:N], vulkan[:N], or cubecl-cpu (the GPU kernels compiled for
+    /// this CPU, for testing). `ept inspect --devices` lists them [default: auto].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The device (with autodiff for training); logs which one it is.
+    pub fn open(&self, train: bool) -> Result<burn::tensor::Device> {
+        ept::runtime::DeviceChoice::from_flag(self.device.as_deref())?.open(train)
     }
 }
 

@@ -44,6 +44,8 @@ pub struct PretrainArgs {
     /// One JSON line per step on stdout instead of the log.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
@@ -87,7 +89,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             args.out.display()
         )));
     }
-    let device = ept::runtime::cpu_device(true);
+    let device = args.device.open(true)?;
     let json = args.json;
     let every = args.log_every;
     let result = pretrain(&cfg, &args.out, &device, &mut |log| {

@@ -26,6 +26,9 @@ pub struct SweepArgs {
     /// Print each run's step lines too.
     #[arg(long)]
     verbose: bool,
+    /// The device every run trains on (overrides `device` in `[base]`); see `ept train --device`.
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// The keys a sweep file may hold at its top level.
@@ -72,6 +75,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
         let args0 = apply_table(defaults(), base.clone(), &args.config, None)?;
         let table: toml::Table = combo.iter().cloned().collect();
         let mut run_args = apply_table(args0, table, &args.config, None)?;
+        if args.device.device.is_some() {
+            run_args.device = args.device.device.clone();
+        }
         let run = run_name(combo);
         // A run folder without results is an interrupted run: resumed if it has
         // a checkpoint, else started again.
@@ -206,6 +212,7 @@ fn figures(
         )?;
         written.push(stem.with_extension("png"));
     }
+    // Reading the gate for a figure: the CPU is enough.
     let device = ept::runtime::cpu_device(false);
     // The last run with a gate: grids usually list N_e in ascending order.
     for combo in combos.iter().rev() {

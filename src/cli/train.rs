@@ -40,6 +40,10 @@ pub struct TrainArgs {
     /// the CPU has them). Prompts and optimizer state always stay in f32.
     #[arg(long)]
     dtype: Option<String>,
+    /// auto (a CUDA GPU when this ept has the `cuda` feature and one is present, else the CPU),
+    /// cpu, cuda[:N], vulkan[:N] or cubecl-cpu; `ept inspect --devices` lists them [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
     /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics; data from --data or the HF caches),
     /// or a built-in toy task of the organism: toy-sst2, toy-mnli, toy-qqp, toy-stsb.
     #[arg(long)]
@@ -361,11 +365,16 @@ impl TrainArgs {
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let resume = args.resume.clone();
     let args = match &resume {
-        Some(dir) => TrainArgs {
-            json: args.json,
-            quiet: args.quiet,
-            ..saved_args(dir)?
-        },
+        Some(dir) => {
+            let saved = saved_args(dir)?;
+            TrainArgs {
+                json: args.json,
+                quiet: args.quiet,
+                // A run may continue on another machine's device.
+                device: args.device.clone().or(saved.device.clone()),
+                ..saved
+            }
+        }
         None => apply_config_file(args, matches)?,
     };
     execute(args, resume).map(|_| ())
@@ -421,6 +430,9 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
             .unwrap_or_else(|| ept::io::hub::ORGANISM.to_string()),
         revision: args.revision.clone(),
         dtype: args.dtype.clone(),
+        device: super::DeviceArgs {
+            device: args.device.clone(),
+        },
     };
     let backbone = model.load(true)?;
     if resume.is_none() {

@@ -52,8 +52,16 @@ pub fn bf16_linear(
 }
 
 /// [`bf16_linear`]'s forward pass from plain tensor operations (other backends).
+///
+/// With a bf16 weight off the CPU backend (a GPU), the product itself runs in
+/// bf16, as under PyTorch's autocast: bf16 operands, f32 accumulation inside
+/// the kernel, the result rounded to bf16 and returned in `x`'s dtype. Else
+/// the rounded operands are multiplied in `x`'s dtype.
 pub fn bf16_linear_reference(x: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     let dtype = x.dtype();
+    if weight.dtype() == DType::BF16 && weight.device().inner() != Device::flex() {
+        return burn::tensor::module::linear(x.cast(DType::BF16), weight, None).cast(dtype);
+    }
     burn::tensor::module::linear(x.cast(DType::BF16).cast(dtype), weight.cast(dtype), None)
 }
 

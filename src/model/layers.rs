@@ -55,17 +55,20 @@ impl Linear {
         }
         // Rounded once, so that every path multiplies the same bf16 values.
         let weight = weight.cast(DType::BF16);
-        let packed = (amx::detected() && weight.device().inner() == Device::flex()).then(|| {
+        let on_flex = weight.device().inner() == Device::flex();
+        let packed = (amx::detected() && on_flex).then(|| {
             let [d_in, d_out] = weight.dims();
             let values = crate::tensors::to_f32_vec(weight.clone());
             Arc::new(PackedLinear::from_transposed(&values, d_in, d_out))
         });
         // With the AMX copy, the tensor stays in bf16 (exact: it holds bf16
         // values) and is read only if AMX is turned off: half the memory of
-        // an f32 copy. Without it, the portable path multiplies it in f32.
+        // an f32 copy. Without it, the portable CPU path multiplies it in
+        // f32. Off the CPU backend it stays bf16: GPUs multiply bf16 operands
+        // (tensor cores, f32 accumulation), as PyTorch's autocast does.
         let weight = match packed {
-            Some(_) => weight,
-            None => weight.cast(DType::F32),
+            None if on_flex => weight.cast(DType::F32),
+            _ => weight,
         };
         Linear {
             weight,

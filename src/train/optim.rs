@@ -136,18 +136,14 @@ impl AdamW {
 /// (PyTorch's `clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor<2>>], max_norm: Option<f64>) -> f64 {
-    let total: f64 = grads
+    // One read back to the host per step, not one per parameter group: on a
+    // GPU each read waits for the queued work to finish.
+    let squares = grads
         .iter()
         .flatten()
-        .map(|g| {
-            g.clone()
-                .cast(DType::F32)
-                .square()
-                .sum()
-                .into_scalar::<f32>() as f64
-        })
-        .sum::<f64>()
-        .sqrt();
+        .map(|g| g.clone().cast(DType::F32).square().sum())
+        .reduce(|a, b| a + b);
+    let total = squares.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt());
     if let Some(max) = max_norm {
         let coef = max / (total + 1e-6);
         if coef < 1.0 {

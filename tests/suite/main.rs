@@ -12,6 +12,9 @@ mod cli;
 mod config_sweep;
 mod export;
 mod frozen;
+// The GPU code path on cubecl's CPU runtime: `--features cuda,cpu` (or `cpu`).
+#[cfg(feature = "cpu")]
+mod gpu_path;
 mod llama_parity;
 mod metrics;
 mod optim;

@@ -107,13 +107,15 @@ fn reference_grads(case: &str) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
-fn check_case(case: &str) {
+/// The batch loss and every prompt gradient on `device` (autodiff on)
+/// against PyTorch's; returns the loss. Also the GPU path's check
+/// (`gpu_path.rs`).
+pub fn check_loss_and_grads(case: &str, device: &burn::tensor::Device) -> f64 {
     let r = reference(case);
-    let device = ept::runtime::cpu_device(true);
-    let b = Backbone::load(&model_path(&r), None, &device).unwrap();
+    let b = Backbone::load(&model_path(&r), None, device).unwrap();
     let path = case_dir(case).join("prompt.safetensors");
-    let (prompt, _) = checkpoint::load(&path, &device).unwrap();
-    let prompt = prompt.to_device(&device, true);
+    let (prompt, _) = checkpoint::load(&path, device).unwrap();
+    let prompt = prompt.to_device(device, true);
 
     // Our tokenizer and truncation to m give the reference's inputs.
     let pairs = ept::data::load_user_file(&fixtures().join("data.jsonl")).unwrap();
@@ -156,6 +158,14 @@ fn check_case(case: &str) {
             "{case}: {name} gradient off by {worst} (scale {scale})"
         );
     }
+    got
+}
+
+fn check_case(case: &str) {
+    let r = reference(case);
+    let got = check_loss_and_grads(case, &ept::runtime::cpu_device(true));
+    let path = case_dir(case).join("prompt.safetensors");
+    let ex = examples(&r);
 
     // One by one equals the batch.
     let eval_dev = ept::runtime::cpu_device(false);

@@ -1,6 +1,11 @@
-//! Process-level set-up: the compute device and the allocator's behaviour.
+//! Process-level set-up: the compute device (`device.rs`: `--device`, GPU
+//! detection) and the allocator's behaviour.
+
+pub mod device;
+mod gpu_probe;
 
 use burn::tensor::Device;
+pub use device::{DeviceChoice, available_devices};
 
 /// The CPU device (burn's `flex` backend), with autodiff when `train` is set.
 pub fn cpu_device(train: bool) -> Device {
