@@ -49,7 +49,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a grid of training settings (resumably) and summarise it: Markdown table, figures.
     Sweep(sweep::SweepArgs),
-    /// Pretrain the model organism: a small T5 on the synthetic language, every weight trained.
+    /// Pretrain a model organism: a small T5 (or `--arch llama`: a Llama) on the synthetic language, every weight trained.
     Pretrain(pretrain::PretrainArgs),
     /// Time a prompt-tuning step (forward, backward, prompt gradients) on a random-weight T5.
     Bench(bench::BenchArgs),

@@ -1,12 +1,13 @@
-//! `ept pretrain`: train the model organism (a small T5, every weight trainable)
-//! on the synthetic language, from scratch, offline and seeded.
+//! `ept pretrain`: train a model organism (a small T5, or with `--arch llama`
+//! a small Llama; every weight trainable) on the synthetic language, from
+//! scratch, offline and seeded.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use ept::Result;
 use ept::error::Error;
-use ept::train::pretrain::{PretrainConfig, pretrain};
+use ept::train::pretrain::{Architecture, LlamaShape, PretrainConfig, T5Shape, pretrain};
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -16,6 +17,9 @@ pub struct PretrainArgs {
     /// Replace the model files in an existing --out folder.
     #[arg(long)]
     overwrite: bool,
+    /// The architecture: t5 (default; the shipped `organism`) or llama (`organism-llama`).
+    #[arg(long)]
+    arch: Option<String>,
     /// Seed of the corpus, tokenizer text, initialisation, mixture and masks.
     #[arg(long)]
     seed: Option<u64>,
@@ -26,10 +30,11 @@ pub struct PretrainArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
-    /// Model width (d_model); d_ff is twice it, d_kv is d_model / heads.
+    /// Model width (d_model, hidden_size); T5's d_ff is twice it and Llama's
+    /// intermediate_size three times, a head's width is it over the heads.
     #[arg(long)]
     d_model: Option<usize>,
-    /// Encoder and decoder layers each.
+    /// Layers (T5: encoder and decoder layers each).
     #[arg(long)]
     layers: Option<usize>,
     /// Share of each batch drawn from the supervised auxiliary tasks (0 to 1).
@@ -49,7 +54,19 @@ pub struct PretrainArgs {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let mut cfg = PretrainConfig::default();
+    match args.arch.as_deref().unwrap_or(T5Shape::NAME) {
+        T5Shape::NAME => run_with(PretrainConfig::<T5Shape>::default(), args),
+        LlamaShape::NAME => run_with(PretrainConfig::<LlamaShape>::default(), args),
+        other => Err(Error::invalid(format!(
+            "--arch {other}: unknown architecture; expected {} or {}",
+            T5Shape::NAME,
+            LlamaShape::NAME
+        ))),
+    }
+}
+
+/// Pretrains `A`'s default recipe with the flags' changes.
+fn run_with<A: Architecture>(mut cfg: PretrainConfig<A>, args: PretrainArgs) -> Result<()> {
     if let Some(v) = args.seed {
         cfg.seed = v;
     }
@@ -63,15 +80,13 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         cfg.lr = v;
     }
     if let Some(d) = args.d_model {
-        cfg.d_model = d;
-        cfg.d_ff = 2 * d;
-        cfg.d_kv = d / cfg.num_heads;
-        if d % cfg.num_heads != 0 {
+        let heads = cfg.model.heads();
+        if d == 0 || d % heads != 0 {
             return Err(Error::invalid(format!(
-                "--d-model {d}: must be a multiple of the {} heads",
-                cfg.num_heads
+                "--d-model {d}: must be a positive multiple of the {heads} heads"
             )));
         }
+        cfg.model.set_width(d);
     }
     if let Some(v) = args.supervised_fraction {
         cfg.supervised_fraction = v;
@@ -80,8 +95,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         cfg.eval_every = v;
     }
     if let Some(n) = args.layers {
-        cfg.num_layers = n;
-        cfg.num_decoder_layers = n;
+        cfg.model.set_layers(n);
     }
     if args.out.join("model.safetensors").exists() && !args.overwrite {
         return Err(Error::invalid(format!(
@@ -120,10 +134,11 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     })?;
     if !json {
         println!(
-            "pretrained {} parameters (vocab {}) in {:.0} s: held-out span-corruption loss {:.3} -> {:.3}; written to {}",
+            "pretrained {} parameters (vocab {}) in {:.0} s: held-out {} loss {:.3} -> {:.3}; written to {}",
             result.parameters,
             result.vocab_size,
             result.wall_seconds,
+            A::HELD_OUT,
             result.first_eval_loss,
             result.final_eval_loss,
             args.out.display()

@@ -68,31 +68,47 @@ pub fn resolve_in_cache(
     None
 }
 
-/// Resolves `--model`: an existing folder, or a hub id in the local cache.
-/// The name of the built-in model organism (`--model organism`, the default).
+/// The name of the built-in model organism (`--model organism`, the default): a T5.
 pub const ORGANISM: &str = "organism";
+
+/// The name of the built-in decoder organism (`--model organism-llama`): a Llama.
+pub const ORGANISM_LLAMA: &str = "organism-llama";
 
 /// Where the built-in organism lives: `assets/organism` of the source tree this
 /// binary was built from (docs/ORGANISM.md).
 pub fn organism_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets")
-        .join("organism")
+    assets_dir(ORGANISM)
 }
 
+/// Where the built-in decoder organism lives: `assets/organism-llama`.
+pub fn organism_llama_dir() -> PathBuf {
+    assets_dir(ORGANISM_LLAMA)
+}
+
+fn assets_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(name)
+}
+
+/// Resolves `--model`: an existing folder, a built-in organism, or a hub id in the local cache.
 pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if spec == ORGANISM {
-        let dir = organism_dir();
+    for (name, arch) in [(ORGANISM, "t5"), (ORGANISM_LLAMA, "llama")] {
+        if spec != name {
+            continue;
+        }
+        let dir = assets_dir(name);
         if !dir.join("config.json").is_file() {
             return Err(Error::NotFound {
                 path: dir,
-                hint: "the built-in model organism ships in the repository's assets/organism; \
-                       rebuild it with `ept pretrain --out assets/organism` (docs/ORGANISM.md)"
-                    .into(),
+                hint: format!(
+                    "the built-in model organism `{name}` ships in the repository's assets/{name}; \
+                     rebuild it with `ept pretrain --arch {arch} --out assets/{name}` (docs/ORGANISM.md)"
+                ),
             });
         }
         return Ok(dir);

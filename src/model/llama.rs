@@ -20,6 +20,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm, Rotary};
 use super::llama_config::LlamaConfig;
+use super::params::{WeightMut, WeightRef};
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
 use crate::kernels;
@@ -124,6 +125,43 @@ pub struct Layer {
     pub attn: Attention,
     pub post_norm: RmsNorm,
     pub mlp: Mlp,
+}
+
+/// [`Llama::weights`] and [`Llama::weights_mut`]: one list, borrowed with or without `mut`.
+macro_rules! named_weights {
+    ($self:ident, $d1:path, $d2:path, $($m:tt)?) => {{
+        let mut out = Vec::new();
+        out.push(("model.embed_tokens.weight".to_string(), $d2(& $($m)? $self.embed_tokens)));
+        for (i, l) in (& $($m)? $self.layers).into_iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), $d1(& $($m)? l.input_norm.weight)));
+            let a = & $($m)? l.attn;
+            let f = & $($m)? l.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", & $($m)? a.q),
+                ("self_attn.k_proj", & $($m)? a.k),
+                ("self_attn.v_proj", & $($m)? a.v),
+                ("self_attn.o_proj", & $($m)? a.o),
+                ("mlp.gate_proj", & $($m)? f.gate),
+                ("mlp.up_proj", & $($m)? f.up),
+                ("mlp.down_proj", & $($m)? f.down),
+            ] {
+                out.push((format!("{p}.{name}.weight"), $d2(& $($m)? lin.weight)));
+                if let Some(b) = & $($m)? lin.bias {
+                    out.push((format!("{p}.{name}.bias"), $d1(b)));
+                }
+            }
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                $d1(& $($m)? l.post_norm.weight),
+            ));
+        }
+        out.push(("model.norm.weight".into(), $d1(& $($m)? $self.norm.weight)));
+        if !$self.tied_head {
+            out.push(("lm_head.weight".into(), $d2(& $($m)? $self.lm_head)));
+        }
+        out
+    }};
 }
 
 /// A decoder-only model with frozen weights.
@@ -291,62 +329,59 @@ impl Llama {
         &self.device
     }
 
-    /// Every weight as `(name, numel)`, a tied head once.
+    /// Number of parameters (a tied head counted once).
     pub fn num_parameters(&self) -> usize {
-        let lin = |l: &Linear| {
-            l.weight.dims().iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.dims()[0])
-        };
-        let mut n = self.embed_tokens.dims().iter().product::<usize>() + self.norm.weight.dims()[0];
-        for l in &self.layers {
-            n += l.input_norm.weight.dims()[0] + l.post_norm.weight.dims()[0];
-            n += [
-                &l.attn.q,
-                &l.attn.k,
-                &l.attn.v,
-                &l.attn.o,
-                &l.mlp.gate,
-                &l.mlp.up,
-                &l.mlp.down,
-            ]
-            .into_iter()
-            .map(lin)
-            .sum::<usize>();
+        self.weights().iter().map(|(_, w)| w.numel()).sum()
+    }
+
+    /// Every weight under its Hugging Face checkpoint name
+    /// (`model.layers.0.self_attn.q_proj.weight`), in checkpoint order, a
+    /// tied head not listed. Dense weights (and the head) are held `[in, out]`
+    /// (see [`Linear`]); [`Llama::save`] transposes them back.
+    pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
+        named_weights!(self, WeightRef::D1, WeightRef::D2,)
+    }
+
+    /// The same list as [`Llama::weights`], mutable: full-parameter training
+    /// (`ept pretrain --arch llama`, f32) replaces the tensors after each
+    /// update; call [`Llama::retie`] after changing the embedding. As for
+    /// T5, a bf16-mixed model's packed copies are not refreshed.
+    pub fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)> {
+        named_weights!(self, WeightMut::D1, WeightMut::D2, mut)
+    }
+
+    /// Makes a tied head the embedding's transpose again (after the embedding changed).
+    pub fn retie(&mut self) {
+        if self.tied_head {
+            self.lm_head = self.embed_tokens.clone().transpose();
         }
-        if !self.tied_head {
-            n += self.lm_head.dims().iter().product::<usize>();
+    }
+
+    /// The same model with every weight cut from the autodiff graph.
+    pub fn detached(mut self) -> Llama {
+        for (_, w) in self.weights_mut() {
+            w.detach();
         }
-        n
+        self.retie();
+        self
     }
 
     /// The same weights on the same hardware without autodiff (see `T5::for_inference`).
     pub fn for_inference(&self) -> Llama {
         let mut m = self.clone();
-        let plain2 = |t: &mut Tensor<2>| *t = t.clone().without_autodiff();
-        let plain1 = |t: &mut Tensor<1>| *t = t.clone().without_autodiff();
-        plain2(&mut m.embed_tokens);
-        plain2(&mut m.lm_head);
-        plain1(&mut m.norm.weight);
-        for l in &mut m.layers {
-            plain1(&mut l.input_norm.weight);
-            plain1(&mut l.post_norm.weight);
-            for lin in [
-                &mut l.attn.q,
-                &mut l.attn.k,
-                &mut l.attn.v,
-                &mut l.attn.o,
-                &mut l.mlp.gate,
-                &mut l.mlp.up,
-                &mut l.mlp.down,
-            ] {
-                plain2(&mut lin.weight);
-                if let Some(b) = &mut lin.bias {
-                    plain1(b);
-                }
-            }
+        for (_, w) in m.weights_mut() {
+            w.without_autodiff();
         }
         m.device = m.device.clone().without_autodiff();
+        m.retie();
         m
     }
+}
+
+/// Whether a checkpoint tensor is held transposed (`[in, out]`) relative to
+/// the file (`[out, in]`): the dense layers' weights and the head.
+pub fn is_dense_weight(name: &str) -> bool {
+    name.ends_with("_proj.weight") || name == "lm_head.weight"
 }
 
 /// The additive f32 mask `[b, 1, t_q, t_k]`: query j of row r (at

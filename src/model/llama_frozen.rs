@@ -88,6 +88,59 @@ impl Llama {
         crate::tensors::to_i64_vec(logits.argmax(2))[0] as u32
     }
 
+    /// The f32 logits that score each row's target tokens `[b, k, vocab]`
+    /// (k: the longest target), with the target ids `[b, k]` and their mask
+    /// (1 = a real target token): what [`FrozenModel::loss_sums`] sums, and
+    /// what `ept pretrain` trains and scores the decoder organism on.
+    pub fn target_logits(
+        &self,
+        soft: &SoftInput,
+        rows: &[TokenizedExample],
+        min_input_len: usize,
+    ) -> (Tensor<3>, Tensor<2, Int>, Tensor<2>) {
+        let b = rows.len();
+        let texts: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| [r.input_ids.as_slice(), r.label_ids.as_slice()].concat())
+            .collect();
+        let min_len = min_input_len + rows.iter().map(|r| r.label_ids.len()).max().unwrap_or(0);
+        let Prefill {
+            x,
+            positions,
+            keys,
+            t,
+        } = self.prefill_input(soft, &texts, min_len);
+        let n = soft.prefix_len();
+        let h = self.hidden(x, &positions, &keys, None);
+        // Target token k of row r sits at text index src + k and is scored
+        // by the hidden state one position before it.
+        let k_max = rows
+            .iter()
+            .map(|r| r.label_ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let (mut idx, mut labels, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, row) in rows.iter().enumerate() {
+            let src = row.input_ids.len();
+            for k in 0..k_max {
+                let real = k < row.label_ids.len() && src + k > 0;
+                let at = if real { n + src + k - 1 } else { 0 };
+                idx.push((r * (n + t) + at) as i64);
+                labels.push(if real { row.label_ids[k] as i64 } else { 0 });
+                mask.push(if real { 1f32 } else { 0.0 });
+            }
+        }
+        let picked = Self::pick_rows(h, idx, b, k_max);
+        let logits = self.head(picked);
+        let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, k_max]), &self.device);
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(mask, [b, k_max]),
+            (&self.device, DType::F32),
+        );
+        (logits, labels, mask)
+    }
+
     /// Rows `idx` of `h` `[b, t, d]` flattened to `[b·t, d]`, as `[b, k, d]`.
     fn pick_rows(h: Tensor<3>, idx: Vec<i64>, b: usize, k: usize) -> Tensor<3> {
         let [hb, ht, d] = h.dims();
@@ -172,46 +225,7 @@ impl FrozenModel for Llama {
         rows: &[TokenizedExample],
         min_input_len: usize,
     ) -> Tensor<1> {
-        let b = rows.len();
-        let texts: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| [r.input_ids.as_slice(), r.label_ids.as_slice()].concat())
-            .collect();
-        let min_len = min_input_len + rows.iter().map(|r| r.label_ids.len()).max().unwrap_or(0);
-        let Prefill {
-            x,
-            positions,
-            keys,
-            t,
-        } = self.prefill_input(soft, &texts, min_len);
-        let n = soft.prefix_len();
-        let h = self.hidden(x, &positions, &keys, None);
-        // Target token k of row r sits at text index src + k and is scored
-        // by the hidden state one position before it.
-        let k_max = rows
-            .iter()
-            .map(|r| r.label_ids.len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let (mut idx, mut labels, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, row) in rows.iter().enumerate() {
-            let src = row.input_ids.len();
-            for k in 0..k_max {
-                let real = k < row.label_ids.len() && src + k > 0;
-                let at = if real { n + src + k - 1 } else { 0 };
-                idx.push((r * (n + t) + at) as i64);
-                labels.push(if real { row.label_ids[k] as i64 } else { 0 });
-                mask.push(if real { 1f32 } else { 0.0 });
-            }
-        }
-        let picked = Self::pick_rows(h, idx, b, k_max);
-        let logits = self.head(picked);
-        let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, k_max]), &self.device);
-        let mask = Tensor::<2>::from_data(
-            TensorData::new(mask, [b, k_max]),
-            (&self.device, DType::F32),
-        );
+        let (logits, labels, mask) = self.target_logits(soft, rows, min_input_len);
         token_loss_sums(logits, labels, mask)
     }
 

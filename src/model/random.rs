@@ -2,8 +2,9 @@
 //! for benchmarks and tests that need the real architecture's cost but no
 //! checkpoint on disk.
 //!
-//! [`T5::random`] draws every matrix from N(0, 0.05²), [`T5::init`] as transformers'
-//! `T5PreTrainedModel._init_weights` does (the start of pretraining); RMS-norm weights are 1. Weights
+//! [`T5::random`] and [`Llama::random`] draw every matrix from N(0, 0.05²),
+//! [`T5::init`] and [`Llama::init`] as transformers' `_init_weights` does for
+//! each (the start of pretraining); RMS-norm weights are 1. Weights
 //! are laid out exactly as [`T5::from_weights`] lays out a loaded checkpoint
 //! (dense weights drawn `[out, in]` and transposed to a `[in, out]` view, a tied
 //! head that is the shared embedding's transpose), so a forward or backward
@@ -27,8 +28,9 @@ const STD: f64 = 0.05;
 /// How weights are scaled.
 #[derive(Clone, Copy)]
 enum Scheme {
-    /// Every matrix N(0, 0.05²).
-    Flat,
+    /// Every matrix N(0, σ²): 0.05 for [`T5::random`] and [`Llama::random`],
+    /// the config's `initializer_range` for [`Llama::init`].
+    Flat(f64),
     /// transformers' T5 initialisation: embedding and head N(0, 1), a dense
     /// layer N(0, 1/fan_in) except the query, N(0, 1/(d_model·d_kv)), which
     /// absorbs T5's missing 1/√d_kv score scaling.
@@ -46,7 +48,7 @@ struct Init<'a> {
 impl Init<'_> {
     fn std(&self, t5_std: f64) -> f64 {
         match self.scheme {
-            Scheme::Flat => STD,
+            Scheme::Flat(std) => std,
             Scheme::T5 => t5_std,
         }
     }
@@ -109,7 +111,7 @@ impl T5 {
     ///
     /// Panics if the config's `feed_forward_proj` is not one [`T5Config`] accepts.
     pub fn random(config: T5Config, seed: u64, dtype: FloatType, device: &Device) -> T5 {
-        Self::build(config, seed, dtype, device, Scheme::Flat)
+        Self::build(config, seed, dtype, device, Scheme::Flat(STD))
     }
 
     /// A T5 initialised as transformers initialises one for pretraining from
@@ -177,11 +179,22 @@ impl Llama {
     /// A decoder of `config`'s shapes with random weights (N(0, 0.05²), norms
     /// 1, biases 0), deterministic in `seed`, laid out as a loaded checkpoint.
     pub fn random(config: LlamaConfig, seed: u64, dtype: FloatType, device: &Device) -> Llama {
+        Self::build(config, seed, dtype, device, STD)
+    }
+
+    /// A decoder initialised as transformers' `LlamaPreTrainedModel` initialises
+    /// one for pretraining from scratch (every matrix N(0, 0.02²), its default
+    /// `initializer_range`; norms 1, biases 0), deterministic in `seed` (f32).
+    pub fn init(config: LlamaConfig, seed: u64, device: &Device) -> Llama {
+        Self::build(config, seed, FloatType::F32, device, 0.02)
+    }
+
+    fn build(config: LlamaConfig, seed: u64, dtype: FloatType, device: &Device, std: f64) -> Llama {
         let mut init = Init {
             rng: Rng::new(seed),
             dtype,
             device,
-            scheme: Scheme::Flat,
+            scheme: Scheme::Flat(std),
         };
         let c = &config;
         let (d, v, ffn, eps) = (

@@ -21,6 +21,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use super::config::{Activation, FeedForwardKind, T5Config};
 pub use super::layers::token_loss_sums;
 use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm};
+pub use super::params::{WeightMut, WeightRef};
 use crate::error::{Error, Result};
 use crate::io::weights::{FloatType, WeightFile};
 use crate::kernels;
@@ -642,10 +643,7 @@ impl T5 {
     /// scoring and saving during full-parameter training).
     pub fn detached(mut self) -> T5 {
         for (_, w) in self.weights_mut() {
-            match w {
-                WeightMut::D1(t) => *t = t.clone().detach(),
-                WeightMut::D2(t) => *t = t.clone().detach(),
-            }
+            w.detach();
         }
         self.retie();
         self
@@ -660,10 +658,7 @@ impl T5 {
     pub fn for_inference(&self) -> T5 {
         let mut m = self.clone();
         for (_, w) in m.weights_mut() {
-            match w {
-                WeightMut::D1(t) => *t = t.clone().without_autodiff(),
-                WeightMut::D2(t) => *t = t.clone().without_autodiff(),
-            }
+            w.without_autodiff();
         }
         m.device = m.device.clone().without_autodiff();
         m.retie();
@@ -681,27 +676,6 @@ impl T5 {
     pub fn num_parameters(&self) -> usize {
         self.weights().iter().map(|(_, w)| w.numel()).sum()
     }
-}
-
-/// A borrowed weight of either rank.
-pub enum WeightRef<'a> {
-    D1(&'a Tensor<1>),
-    D2(&'a Tensor<2>),
-}
-
-impl WeightRef<'_> {
-    pub fn numel(&self) -> usize {
-        match self {
-            WeightRef::D1(t) => t.dims()[0],
-            WeightRef::D2(t) => t.dims().iter().product(),
-        }
-    }
-}
-
-/// A mutably borrowed weight of either rank.
-pub enum WeightMut<'a> {
-    D1(&'a mut Tensor<1>),
-    D2(&'a mut Tensor<2>),
 }
 
 /// Whether a checkpoint tensor is a dense layer's weight, which [`Linear`]

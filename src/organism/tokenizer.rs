@@ -64,6 +64,48 @@ pub fn sentinel(i: usize) -> String {
 /// the language's few hundred words does the same here, and the trainer's
 /// sub-word pieces still spell any other text.
 pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<Tokenizer> {
+    let mut tk = unigram(texts, vocab_size - n_sentinels, &SPECIAL)?;
+    let sentinels: Vec<AddedToken> = (0..n_sentinels)
+        .rev()
+        .map(|i| AddedToken::from(sentinel(i), true))
+        .collect();
+    tk.add_special_tokens(&sentinels);
+    with_template(tk, "</s>", "$A </s>", "$A </s> $B </s>")
+}
+
+/// The decoder organism's special tokens, in id order: T5's, then `<s>`.
+pub const DECODER_SPECIAL: [&str; 4] = ["<pad>", "</s>", "<unk>", "<s>"];
+
+/// The tokenizer of the decoder organism (`ept pretrain --arch llama`): the
+/// same pieces as [`train`] (the trainer, then every word whole), with
+/// [`DECODER_SPECIAL`], no sentinels, and a post-processor that puts `<s>` in
+/// front of a text (Llama's convention: ept's decoders then append a
+/// target and `</s>`, LLAMA.md).
+pub fn train_decoder(texts: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    let tk = unigram(texts, vocab_size, &DECODER_SPECIAL)?;
+    with_template(tk, "<s>", "<s> $A", "<s> $A <s> $B")
+}
+
+/// `tk` with a post-processor that adds `token` to a text (`single`) and a pair (`pair`).
+fn with_template(mut tk: Tokenizer, token: &str, single: &str, pair: &str) -> Result<Tokenizer> {
+    let id = tk
+        .token_to_id(token)
+        .ok_or_else(|| Error::invalid(format!("tokenizer training lost `{token}`")))?;
+    let template = TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| Error::invalid(format!("tokenizer template: {e}")))?
+        .special_tokens(vec![(token, id)])
+        .build()
+        .map_err(|e| Error::invalid(format!("tokenizer template: {e}")))?;
+    tk.with_post_processor(Some(PostProcessorWrapper::Template(template)));
+    Ok(tk)
+}
+
+/// A lowercasing Metaspace Unigram tokenizer of `vocab_size` pieces trained
+/// on `texts`, `specials` first (`<unk>` among them), plus every word of the
+/// texts whole; no post-processor.
+fn unigram(texts: &[String], vocab_size: usize, specials: &[&str]) -> Result<Tokenizer> {
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| {
         Error::invalid(format!("tokenizer training failed: {e}"))
     };
@@ -72,11 +114,14 @@ pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<
     tk.with_normalizer(Some(NormalizerWrapper::Lowercase(Lowercase)));
     tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(metaspace.clone())));
     tk.with_decoder(Some(DecoderWrapper::Metaspace(metaspace)));
-    let specials: Vec<AddedToken> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let added: Vec<AddedToken> = specials
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
     let trainer = UnigramTrainer::builder()
         .show_progress(false)
-        .vocab_size((vocab_size - n_sentinels) as u32)
-        .special_tokens(specials)
+        .vocab_size(vocab_size as u32)
+        .special_tokens(added)
         .unk_token(Some("<unk>".into()))
         .build()
         .map_err(|e| Error::invalid(format!("tokenizer trainer: {e}")))?;
@@ -96,25 +141,9 @@ pub fn train(texts: &[String], vocab_size: usize, n_sentinels: usize) -> Result<
     }
     // Pieces of equal score come out in either order, and the order is the ids:
     // after the special tokens, by score, then by text.
-    pieces[SPECIAL.len()..].sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    pieces[specials.len()..].sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let unk = pieces.iter().position(|(p, _)| p == "<unk>");
     let rounded = Unigram::from(pieces, unk, false).map_err(fail)?;
     tk.with_model(ModelWrapper::Unigram(rounded));
-    let sentinels: Vec<AddedToken> = (0..n_sentinels)
-        .rev()
-        .map(|i| AddedToken::from(sentinel(i), true))
-        .collect();
-    tk.add_special_tokens(&sentinels);
-    let eos = tk
-        .token_to_id("</s>")
-        .ok_or_else(|| Error::invalid("tokenizer training lost `</s>`"))?;
-    let template = TemplateProcessing::builder()
-        .try_single("$A </s>")
-        .and_then(|b| b.try_pair("$A </s> $B </s>"))
-        .map_err(|e| Error::invalid(format!("tokenizer template: {e}")))?
-        .special_tokens(vec![("</s>", eos)])
-        .build()
-        .map_err(|e| Error::invalid(format!("tokenizer template: {e}")))?;
-    tk.with_post_processor(Some(PostProcessorWrapper::Template(template)));
     Ok(tk)
 }

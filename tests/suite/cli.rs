@@ -7,11 +7,21 @@ use std::process::Command;
 
 use common::{copy_dir, fixtures, model_dir, temp_dir};
 
+/// Runs `ept` with progress lines off (`RUST_LOG=warn`), as a script would.
 fn ept(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ept"))
-        .args(args)
-        .output()
-        .unwrap();
+    ept_logging(args, "warn")
+}
+
+/// Runs `ept` with `RUST_LOG` set to `rust_log` (unset when empty: ept's default levels).
+fn ept_logging(args: &[&str], rust_log: &str) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ept"));
+    cmd.args(args);
+    if rust_log.is_empty() {
+        cmd.env_remove("RUST_LOG");
+    } else {
+        cmd.env("RUST_LOG", rust_log);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -521,4 +531,60 @@ fn kernel_bench_reports_the_bf16_path() {
     } else {
         assert_eq!(default, "portable");
     }
+}
+
+#[test]
+fn devices_are_listed_and_unusable_ones_are_one_line_errors() {
+    let (code, out, err) = ept(&["inspect", "--devices", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["devices"].as_array().unwrap();
+    assert_eq!(
+        (rows[0]["name"].as_str(), rows[0]["usable"].as_bool()),
+        (Some("cpu"), Some(true))
+    );
+    let cubecl = rows.iter().find(|r| r["name"] == "cubecl-cpu").unwrap();
+    assert_eq!(cubecl["usable"].as_bool(), Some(cfg!(feature = "cpu")));
+
+    let (m, d) = (model_dir("relu-tied").display().to_string(), data());
+    let e = error_of(&["eval", "--model", &m, "--data", &d, "--device", "tpu"]);
+    assert!(e.contains("--device tpu: expected auto, cpu, cuda"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let runs = temp_dir("device-runs");
+        let runs_dir = runs.display().to_string();
+        for args in [
+            vec!["eval", "--model", &m, "--data", &d, "--device", "cuda:1"],
+            vec!["bench", "--device", "cuda", "--steps", "1"],
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &d,
+                "--validation-file",
+                &d,
+                "--device",
+                "cuda",
+                "--runs-dir",
+                &runs_dir,
+                "--name",
+                "r",
+            ],
+        ] {
+            let e = error_of(&args);
+            assert!(
+                e.contains("without the `cuda` cargo feature"),
+                "{args:?}: {e}"
+            );
+        }
+        // Refused before anything is written.
+        assert!(!runs.join("r").exists());
+    }
+    // The device a command runs on is its first log line (at ept's default level, `info`).
+    let (code, _, err) = ept_logging(
+        &["eval", "--model", &m, "--data", &d, "--device", "cpu"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("ept: info: device: cpu ("), "{err}");
 }

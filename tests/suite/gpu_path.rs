@@ -68,12 +68,9 @@ fn batch_sums(dir: &Path, dtype: FloatType, device: &Device, ex: &[TokenizedExam
 
 #[test]
 fn frozen_backbones_match_transformers_in_f32() {
-    for name in [
-        "t5/relu-tied",
-        "t5/gated-untied",
-        "llama/llama-gqa",
-        "llama/qwen2-bias",
-    ] {
+    // T5 v1.1 (gated GELU, own head) and a decoder with GQA and q/k/v biases;
+    // T5 with ReLU and a tied head trains below, bf16-mixed covers a plain Llama.
+    for name in ["t5/gated-untied", "llama/qwen2-bias"] {
         let (dir, ex, want) = fixture(name);
         let got = batch_sums(&dir, FloatType::F32, &cubecl_cpu(false), &ex);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -1,40 +1,53 @@
-//! `ept pretrain`: the model organism — a small T5 trained from scratch, every
-//! weight trainable, on the synthetic language (`crate::organism`).
+//! `ept pretrain`: the model organisms — a small T5 ([`T5Shape`], the
+//! default) or a small Llama ([`LlamaShape`], `--arch llama`) trained from
+//! scratch, every weight trainable, on the synthetic language (`crate::organism`).
 //!
-//! The recipe is T5's: span corruption (15% noise, mean span 3, one sentinel
-//! per span) on a generated corpus, with supervised tasks mixed in as T5 itself
-//! did. The mixed-in tasks (`aux-subject`, `aux-negation`, `aux-truth`) are *not* the toy
-//! tasks prompt tuning is evaluated on (`toy-sst2`, `toy-mnli`, …), so what a
-//! prompt achieves on those is the prompt's doing. Everything is seeded: the
-//! corpus, the tokenizer's training text, the weights' initialisation, the
-//! mixture and the noise masks, so the same command writes the same model.
+//! The recipe is the architecture's own objective on a generated corpus —
+//! T5's span corruption (15% noise, mean span 3, one sentinel per span), or a
+//! decoder's next-token prediction over whole documents — with supervised
+//! tasks mixed in as T5 itself did. The mixed-in tasks (`aux-subject`,
+//! `aux-negation`, `aux-pole`, `aux-truth`) are *not* the toy tasks prompt
+//! tuning is evaluated on (`toy-sst2`, `toy-mnli`, …), so what a prompt
+//! achieves on those is the prompt's doing. Everything is seeded: the corpus,
+//! the tokenizer's training text, the weights' initialisation, the mixture
+//! and the noise masks, so the same command writes the same model.
 //!
-//! The same [`T5`] code serves here and in frozen prompt tuning: pretraining
-//! marks every weight as requiring gradients ([`T5::weights_mut`]) and updates
-//! them with the project's AdamW after each step.
+//! The same [`T5`](crate::model::T5) and [`Llama`](crate::model::Llama) code
+//! serves here and in frozen prompt tuning: pretraining marks every weight as
+//! requiring gradients (their `weights_mut`) and updates them with the
+//! project's AdamW after each step. This file is the loop both share;
+//! `t5.rs` and `llama.rs` are what differs ([`Architecture`], [`Trainable`]).
+
+mod llama;
+mod t5;
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Int, Tensor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, AdamWConfig, GroupSettings, clip_grad_norm};
 use super::schedule::Schedule;
 use crate::error::{Error, Result, write_atomic};
-use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
-use crate::model::t5::{WeightMut, token_loss_sums};
-use crate::model::{T5, T5Config};
-use crate::organism::tokenizer::{self, sentinel};
+use crate::model::batch::TokenizedExample;
+use crate::model::params::{WeightMut, WeightRef};
+use crate::model::t5::token_loss_sums;
 use crate::organism::{ToyTask, corpus, generate, span_corrupt};
 use crate::prompt::ParamGroup;
 use crate::rng::Rng;
 
-/// Everything that determines the organism. Saved as `pretrain.json` next to the model.
+pub use self::llama::LlamaShape;
+pub use self::t5::T5Shape;
+
+/// Everything that determines an organism; `M` is the architecture's part
+/// (its shape and objective settings), written in its place among the
+/// others. Saved as `pretrain.json` next to the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainConfig {
+pub struct PretrainConfig<M = T5Shape> {
     pub seed: u64,
     /// Optimiser steps.
     pub steps: u64,
@@ -46,36 +59,29 @@ pub struct PretrainConfig {
     pub max_grad_norm: f64,
     /// Share of each batch drawn from the supervised auxiliary tasks.
     pub supervised_fraction: f64,
-    /// Corpus documents (masks are drawn afresh each time a document is used).
+    /// Corpus documents (T5's masks are drawn afresh each time a document is used).
     pub documents: usize,
     /// Examples of each auxiliary task.
     pub supervised_examples: usize,
-    /// Tokenizer size, sentinels and specials included.
+    /// Tokenizer size, special tokens (and T5's sentinels) included.
     pub vocab_size: usize,
-    pub sentinels: usize,
-    pub noise_density: f64,
-    pub mean_noise_span_length: f64,
-    pub d_model: usize,
-    pub d_kv: usize,
-    pub d_ff: usize,
-    pub num_heads: usize,
-    pub num_layers: usize,
-    pub num_decoder_layers: usize,
-    pub feed_forward_proj: String,
+    #[serde(flatten)]
+    pub model: M,
     /// Held-out documents scored every `eval_every` steps.
     pub eval_documents: usize,
     pub eval_every: u64,
 }
 
-impl Default for PretrainConfig {
-    /// The shipped organism's recipe (`assets/organism/`, docs/ORGANISM.md).
-    fn default() -> Self {
+impl<M> PretrainConfig<M> {
+    /// The recipe both shipped organisms share, around `model`
+    /// (docs/ORGANISM.md; each architecture's `Default` is this with its shape).
+    pub fn shipped(model: M) -> Self {
         PretrainConfig {
             seed: 0,
             steps: 2000,
             batch_size: 32,
-            // 2e-3 trained the span corruption as well but left the mixed-in
-            // tasks near chance for 2,000 steps (docs/ORGANISM.md).
+            // 2e-3 trained the T5's span corruption as well but left the
+            // mixed-in tasks near chance for 2,000 steps (docs/ORGANISM.md).
             lr: 1e-3,
             warmup_steps: 100,
             weight_decay: 0.0,
@@ -84,16 +90,7 @@ impl Default for PretrainConfig {
             documents: 20_000,
             supervised_examples: 5_000,
             vocab_size: 512,
-            sentinels: 16,
-            noise_density: 0.15,
-            mean_noise_span_length: 3.0,
-            d_model: 128,
-            d_kv: 32,
-            d_ff: 256,
-            num_heads: 4,
-            num_layers: 2,
-            num_decoder_layers: 2,
-            feed_forward_proj: "gated-gelu".into(),
+            model,
             eval_documents: 256,
             eval_every: 250,
         }
@@ -108,7 +105,8 @@ pub struct PretrainLog {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
-    /// Span-corruption loss on held-out documents, every `eval_every` steps.
+    /// The objective's loss on held-out documents (span corruption, or
+    /// next-token prediction), every `eval_every` steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     /// Exact match (teacher-forced argmax, %) of each auxiliary task on
@@ -120,8 +118,8 @@ pub struct PretrainLog {
 
 /// What `ept pretrain` reports and writes into `pretrain.json`.
 #[derive(Clone, Debug, Serialize)]
-pub struct PretrainResult {
-    pub config: PretrainConfig,
+pub struct PretrainResult<M = T5Shape> {
+    pub config: PretrainConfig<M>,
     pub parameters: usize,
     pub vocab_size: usize,
     pub first_eval_loss: f64,
@@ -132,13 +130,152 @@ pub struct PretrainResult {
     pub wall_seconds: f64,
 }
 
+/// What an architecture brings to the shared loop: its tokenizer, how text
+/// becomes training rows, and its model. Implemented by the shape part of
+/// [`PretrainConfig`].
+pub trait Architecture: Clone + Debug + PartialEq + Serialize + DeserializeOwned {
+    type Model: Trainable;
+    /// `--arch`'s name for it.
+    const NAME: &'static str;
+    /// What the held-out loss measures (for logs).
+    const HELD_OUT: &'static str;
+    /// Tokens the tokenizer holds besides the trained pieces.
+    fn reserved_tokens(&self) -> usize;
+    /// Attention heads (the width must be a multiple).
+    fn heads(&self) -> usize;
+    /// Sets the width, and the feed-forward and head widths with it.
+    fn set_width(&mut self, d: usize);
+    /// Sets the number of layers (of each stack).
+    fn set_layers(&mut self, n: usize);
+    /// Trains the tokenizer on `texts`.
+    fn tokenizer(&self, texts: &[String], vocab_size: usize) -> Result<tokenizers::Tokenizer>;
+    /// How documents and examples become rows, given the trained tokenizer.
+    fn objective(&self, tk: &tokenizers::Tokenizer) -> Result<Objective>;
+    /// The model, initialised for pretraining from `seed`.
+    fn model(&self, tk: &tokenizers::Tokenizer, seed: u64, device: &Device) -> Result<Self::Model>;
+}
+
+/// A model every weight of which pretraining updates.
+pub trait Trainable: Sized {
+    /// The logits that score `rows`' targets, padded as one batch (the graph
+    /// kept when the device is autodiff).
+    fn scored(&self, rows: &[TokenizedExample]) -> Scored;
+    fn weights(&self) -> Vec<(String, WeightRef<'_>)>;
+    fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)>;
+    /// Makes a tied head follow the embedding again.
+    fn retie(&mut self);
+    fn for_inference(&self) -> Self;
+    fn detached(self) -> Self;
+    fn save(&self, dir: &Path) -> Result<()>;
+    fn vocab_size(&self) -> usize;
+}
+
+/// The [`Trainable`] methods that a model has under the same names.
+macro_rules! same_named {
+    ($model:ty) => {
+        fn weights(&self) -> Vec<(String, $crate::model::params::WeightRef<'_>)> {
+            <$model>::weights(self)
+        }
+
+        fn weights_mut(&mut self) -> Vec<(String, $crate::model::params::WeightMut<'_>)> {
+            <$model>::weights_mut(self)
+        }
+
+        fn retie(&mut self) {
+            <$model>::retie(self)
+        }
+
+        fn for_inference(&self) -> Self {
+            <$model>::for_inference(self)
+        }
+
+        fn detached(self) -> Self {
+            <$model>::detached(self)
+        }
+
+        fn save(&self, dir: &std::path::Path) -> $crate::Result<()> {
+            <$model>::save(self, dir)
+        }
+    };
+}
+use same_named;
+
+/// Target logits `[b, k, vocab]`, the target ids `[b, k]` and their mask.
+pub struct Scored {
+    pub logits: Tensor<3>,
+    pub labels: Tensor<2, Int>,
+    pub mask: Tensor<2>,
+    /// Real target tokens.
+    pub tokens: usize,
+}
+
+/// How text becomes rows (`input_ids`, `label_ids`: what is scored).
+pub enum Objective {
+    /// T5: a document span-corrupted into `input </s>` → `sentinels and spans
+    /// </s>`; an example is `source </s>` → `target </s>`.
+    SpanCorruption {
+        /// `<extra_id_0>` first.
+        sentinels: Vec<u32>,
+        eos: u32,
+        noise_density: f64,
+        mean_noise_span_length: f64,
+    },
+    /// A decoder: `<s>` → the whole document and `</s>`; an example is
+    /// `<s> source` → `target </s>`, as ept scores decoder examples.
+    CausalLm { bos: u32, eos: u32 },
+}
+
+impl Objective {
+    /// The row of document `ids` (T5: dynamic masking, drawn from `rng`).
+    fn document(&self, ids: &[u32], rng: &mut Rng) -> TokenizedExample {
+        match self {
+            Objective::SpanCorruption {
+                sentinels,
+                eos,
+                noise_density,
+                mean_noise_span_length,
+            } => {
+                let (mut input, mut target) =
+                    span_corrupt(ids, sentinels, *noise_density, *mean_noise_span_length, rng);
+                input.push(*eos);
+                target.push(*eos);
+                TokenizedExample {
+                    input_ids: input,
+                    label_ids: target,
+                }
+            }
+            Objective::CausalLm { bos, eos } => TokenizedExample {
+                input_ids: vec![*bos],
+                label_ids: [ids, &[*eos]].concat(),
+            },
+        }
+    }
+
+    /// The row of a supervised example: the source through the tokenizer's
+    /// post-processor, the target as the model scores it.
+    fn example(
+        &self,
+        tk: &tokenizers::Tokenizer,
+        e: &crate::data::Example,
+    ) -> Result<TokenizedExample> {
+        let label_ids = match self {
+            Objective::SpanCorruption { .. } => encode(tk, &e.target, true)?,
+            Objective::CausalLm { eos, .. } => [encode(tk, &e.target, false)?, vec![*eos]].concat(),
+        };
+        Ok(TokenizedExample {
+            input_ids: encode(tk, &e.source, true)?,
+            label_ids,
+        })
+    }
+}
+
 /// The texts the tokenizer is trained on: the corpus and every toy task's
 /// formatted inputs and targets, so that task prefixes and label words are
 /// whole pieces too (real T5's tokenizer saw all of C4 the same way).
-fn tokenizer_texts(cfg: &PretrainConfig, docs: &[String]) -> Vec<String> {
+fn tokenizer_texts(seed: u64, docs: &[String]) -> Vec<String> {
     let mut texts = docs.to_vec();
     for task in ToyTask::ALL {
-        for e in generate(task, 500, cfg.seed ^ 0x70CE) {
+        for e in generate(task, 500, seed ^ 0x70CE) {
             texts.push(e.source);
             texts.push(e.target);
         }
@@ -146,10 +283,16 @@ fn tokenizer_texts(cfg: &PretrainConfig, docs: &[String]) -> Vec<String> {
     texts
 }
 
-fn encode(tk: &tokenizers::Tokenizer, text: &str, eos: bool) -> Result<Vec<u32>> {
-    tk.encode(text, eos)
+fn encode(tk: &tokenizers::Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+    tk.encode(text, special)
         .map(|e| e.get_ids().to_vec())
         .map_err(|e| Error::invalid(format!("organism tokenizer: {e}")))
+}
+
+/// The id of `token` in `tk`.
+fn token_id(tk: &tokenizers::Tokenizer, token: &str) -> Result<u32> {
+    tk.token_to_id(token)
+        .ok_or_else(|| Error::invalid(format!("organism tokenizer lacks `{token}`")))
 }
 
 /// The auxiliary tasks mixed into pretraining (none is a toy task prompt tuning is scored on).
@@ -163,77 +306,36 @@ const AUX_TASKS: [ToyTask; 4] = [
 /// Held-out sentences per auxiliary task for the exact-match evaluation.
 const AUX_EVAL_EXAMPLES: usize = 200;
 
-fn tokenize_example(
-    tk: &tokenizers::Tokenizer,
-    e: &crate::data::Example,
-) -> Result<TokenizedExample> {
-    Ok(TokenizedExample {
-        input_ids: encode(tk, &e.source, true)?,
-        label_ids: encode(tk, &e.target, true)?,
-    })
-}
-
 /// The tokenized training material.
 struct Material {
-    /// Corpus documents, without `</s>`.
+    /// Corpus documents, without special tokens.
     docs: Vec<Vec<u32>>,
-    /// Supervised examples with `</s>` on both sides.
+    /// Supervised examples.
     supervised: Vec<TokenizedExample>,
     /// Held-out examples of each auxiliary task (sources unseen in `supervised`).
     aux_eval: Vec<(ToyTask, Vec<TokenizedExample>)>,
-    /// Sentinel ids, `<extra_id_0>` first.
-    sentinels: Vec<u32>,
-    eos: u32,
-}
-
-impl Material {
-    /// A span-corrupted example of document `ids` (dynamic masking, T5 style).
-    fn corrupted(&self, ids: &[u32], cfg: &PretrainConfig, rng: &mut Rng) -> TokenizedExample {
-        let (mut input, mut target) = span_corrupt(
-            ids,
-            &self.sentinels,
-            cfg.noise_density,
-            cfg.mean_noise_span_length,
-            rng,
-        );
-        input.push(self.eos);
-        target.push(self.eos);
-        TokenizedExample {
-            input_ids: input,
-            label_ids: target,
-        }
-    }
-}
-
-/// The logits of `rows`, padded as one batch (the graph kept when the device is autodiff).
-fn logits(model: &T5, rows: &[TokenizedExample]) -> (Tensor<3>, Seq2SeqBatch) {
-    let c = &model.config;
-    let batch = Seq2SeqBatch::new(rows, c.pad_id(), c.decoder_start_id(), model.device());
-    let enc = model.encode_embeds(model.embed(batch.input_ids.clone()), &batch.attention_mask);
-    let logits = model.decode(batch.decoder_input_ids.clone(), enc, &batch.attention_mask);
-    (logits, batch)
 }
 
 /// Mean token loss of `rows` (the graph kept when the device is autodiff).
-fn batch_loss(model: &T5, rows: &[TokenizedExample]) -> (Tensor<1>, usize) {
-    let (logits, batch) = logits(model, rows);
-    let sums = token_loss_sums(logits, batch.labels, batch.label_mask);
-    (sums.sum() / batch.n_tokens as f64, batch.n_tokens)
+fn batch_loss(model: &impl Trainable, rows: &[TokenizedExample]) -> (Tensor<1>, usize) {
+    let s = model.scored(rows);
+    let sums = token_loss_sums(s.logits, s.labels, s.mask);
+    (sums.sum() / s.tokens as f64, s.tokens)
 }
 
-/// The loss of one step's rows: the supervised rows and the span-corrupted
-/// documents are padded as two batches (a supervised example is a few tokens, a
-/// document dozens: one padded batch would be mostly padding), and each part's
+/// The loss of one step's rows: the supervised rows and the documents are
+/// padded as two batches (a supervised example is a few tokens, a document
+/// dozens: one padded batch would be mostly padding), and each part's
 /// token-mean loss weighs by its share of the rows. Weighing by tokens instead
 /// would give a two-token answer a sixth of a document's say, and the
 /// mixed-in tasks would barely be trained.
 fn mixture_loss(
-    model: &T5,
+    model: &impl Trainable,
     supervised: &[TokenizedExample],
-    spans: &[TokenizedExample],
+    docs: &[TokenizedExample],
 ) -> Tensor<1> {
-    let n = (supervised.len() + spans.len()) as f64;
-    [supervised, spans]
+    let n = (supervised.len() + docs.len()) as f64;
+    [supervised, docs]
         .into_iter()
         .filter(|part| !part.is_empty())
         .map(|part| batch_loss(model, part).0 * (part.len() as f64 / n))
@@ -242,12 +344,12 @@ fn mixture_loss(
 }
 
 /// Exact match (%) of `rows`: every target token is the argmax given the gold prefix.
-fn exact_match(model: &T5, rows: &[TokenizedExample]) -> f64 {
+fn exact_match(model: &impl Trainable, rows: &[TokenizedExample]) -> f64 {
     let mut hits = 0usize;
     for chunk in rows.chunks(64) {
-        let (logits, batch) = logits(model, chunk);
-        let t = batch.labels.dims()[1];
-        let best = crate::tensors::to_i64_vec(logits.argmax(2));
+        let s = model.scored(chunk);
+        let t = s.labels.dims()[1];
+        let best = crate::tensors::to_i64_vec(s.logits.argmax(2));
         hits += chunk
             .iter()
             .enumerate()
@@ -263,7 +365,7 @@ fn exact_match(model: &T5, rows: &[TokenizedExample]) -> f64 {
 }
 
 /// Each auxiliary task's held-out exact match; `frozen` is a detached model.
-fn aux_exact_match(frozen: &T5, material: &Material) -> BTreeMap<String, f64> {
+fn aux_exact_match(frozen: &impl Trainable, material: &Material) -> BTreeMap<String, f64> {
     material
         .aux_eval
         .iter()
@@ -271,8 +373,8 @@ fn aux_exact_match(frozen: &T5, material: &Material) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Mean span-corruption loss on fixed held-out examples; `frozen` is a detached model.
-fn eval_loss(frozen: &T5, rows: &[TokenizedExample]) -> f64 {
+/// Mean token loss on fixed held-out documents; `frozen` is a detached model.
+fn eval_loss(frozen: &impl Trainable, rows: &[TokenizedExample]) -> f64 {
     let mut sum = 0.0;
     let mut tokens = 0usize;
     for chunk in rows.chunks(64) {
@@ -283,15 +385,15 @@ fn eval_loss(frozen: &T5, rows: &[TokenizedExample]) -> f64 {
     sum / tokens.max(1) as f64
 }
 
-/// Pretrains the organism into `out` (`tokenizer.json`, `config.json`,
+/// Pretrains an organism into `out` (`tokenizer.json`, `config.json`,
 /// `model.safetensors`, `pretrain.json`, `pretrain.jsonl`). `device` must be
 /// an autodiff device. `on_step` sees every step's log.
-pub fn pretrain(
-    cfg: &PretrainConfig,
+pub fn pretrain<A: Architecture>(
+    cfg: &PretrainConfig<A>,
     out: &Path,
-    device: &burn::tensor::Device,
+    device: &Device,
     on_step: &mut dyn FnMut(&PretrainLog),
-) -> Result<PretrainResult> {
+) -> Result<PretrainResult<A>> {
     if cfg.steps == 0 || cfg.batch_size == 0 || cfg.lr <= 0.0 {
         return Err(Error::invalid(
             "pretrain: steps, batch size and learning rate must be positive",
@@ -303,25 +405,20 @@ pub fn pretrain(
             cfg.supervised_fraction
         )));
     }
-    if cfg.vocab_size <= cfg.sentinels + tokenizer::SPECIAL.len() {
+    if cfg.vocab_size <= cfg.model.reserved_tokens() {
         return Err(Error::invalid(
             "pretrain: the vocabulary must be larger than the special and sentinel tokens",
         ));
     }
     let started = Instant::now();
     let all_docs = corpus(cfg.documents + cfg.eval_documents, cfg.seed);
-    let tk = tokenizer::train(
-        &tokenizer_texts(cfg, &all_docs),
-        cfg.vocab_size,
-        cfg.sentinels,
-    )?;
+    let tk = cfg
+        .model
+        .tokenizer(&tokenizer_texts(cfg.seed, &all_docs), cfg.vocab_size)?;
     let tk_json = tk
         .to_string(true)
         .map_err(|e| Error::invalid(format!("organism tokenizer: {e}")))?;
-    let id = |t: &str| {
-        tk.token_to_id(t)
-            .ok_or_else(|| Error::invalid(format!("organism tokenizer lacks `{t}`")))
-    };
+    let objective = cfg.model.objective(&tk)?;
     let supervised: Vec<_> = AUX_TASKS
         .into_iter()
         .flat_map(|t| generate(t, cfg.supervised_examples, cfg.seed))
@@ -334,7 +431,7 @@ pub fn pretrain(
             .collect::<Result<_>>()?,
         supervised: supervised
             .iter()
-            .map(|e| tokenize_example(&tk, e))
+            .map(|e| objective.example(&tk, e))
             .collect::<Result<_>>()?,
         aux_eval: AUX_TASKS
             .into_iter()
@@ -343,41 +440,24 @@ pub fn pretrain(
                     .into_iter()
                     .filter(|e| !seen.contains(e.source.as_str()))
                     .take(AUX_EVAL_EXAMPLES)
-                    .map(|e| tokenize_example(&tk, &e))
+                    .map(|e| objective.example(&tk, &e))
                     .collect::<Result<_>>()?;
                 Ok((t, rows))
             })
             .collect::<Result<_>>()?,
-        sentinels: (0..cfg.sentinels)
-            .map(|i| id(&sentinel(i)))
-            .collect::<Result<_>>()?,
-        eos: id("</s>")?,
     };
     let (train_docs, eval_docs) = material.docs.split_at(cfg.documents);
     let mut eval_rng = Rng::new(cfg.seed ^ 0xE7A1);
     let eval_rows: Vec<TokenizedExample> = eval_docs
         .iter()
-        .map(|d| material.corrupted(d, cfg, &mut eval_rng))
+        .map(|d| objective.document(d, &mut eval_rng))
         .collect();
 
-    let config: T5Config = serde_json::from_value(serde_json::json!({
-        "model_type": "t5",
-        "vocab_size": tk.get_vocab_size(true),
-        "d_model": cfg.d_model,
-        "d_kv": cfg.d_kv,
-        "d_ff": cfg.d_ff,
-        "num_heads": cfg.num_heads,
-        "num_layers": cfg.num_layers,
-        "num_decoder_layers": cfg.num_decoder_layers,
-        "feed_forward_proj": cfg.feed_forward_proj,
-        "tie_word_embeddings": false,
-        "pad_token_id": id("<pad>")?,
-        "eos_token_id": material.eos,
-        "decoder_start_token_id": id("<pad>")?,
-    }))
-    .map_err(|e| Error::invalid(format!("pretrain: model config: {e}")))?;
-    let mut model = T5::init(config, cfg.seed, device);
-    set_trainable(&mut model);
+    let mut model = cfg.model.model(&tk, cfg.seed, device)?;
+    for (_, w) in model.weights_mut() {
+        w.require_grad();
+    }
+    model.retie();
     let n_weights = model.weights().len();
     let settings = GroupSettings {
         lr: cfg.lr,
@@ -391,17 +471,17 @@ pub fn pretrain(
     let mut final_eval_loss = first_eval_loss;
     for step in 0..cfg.steps {
         let t0 = Instant::now();
-        let (mut sup_rows, mut span_rows) = (Vec::new(), Vec::new());
+        let (mut sup_rows, mut doc_rows) = (Vec::new(), Vec::new());
         for _ in 0..cfg.batch_size {
             if rng.next_f64() < cfg.supervised_fraction {
                 let i = rng.below(material.supervised.len() as u64) as usize;
                 sup_rows.push(material.supervised[i].clone());
             } else {
                 let i = rng.below(train_docs.len() as u64) as usize;
-                span_rows.push(material.corrupted(&train_docs[i], cfg, &mut rng));
+                doc_rows.push(objective.document(&train_docs[i], &mut rng));
             }
         }
-        let loss = mixture_loss(&model, &sup_rows, &span_rows);
+        let loss = mixture_loss(&model, &sup_rows, &doc_rows);
         let loss_value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
         if !loss_value.is_finite() {
             return Err(Error::Numeric(format!(
@@ -410,36 +490,20 @@ pub fn pretrain(
             )));
         }
         let grads = loss.backward();
-        let mut g: Vec<Option<Tensor<2>>> = model
-            .weights_mut()
-            .into_iter()
-            .map(|(_, w)| match w {
-                WeightMut::D1(t) => t.grad(&grads).map(|g| g.unsqueeze::<2>()),
-                WeightMut::D2(t) => t.grad(&grads),
-            })
-            .collect();
+        let weights = model.weights();
+        let mut g: Vec<Option<Tensor<2>>> =
+            weights.iter().map(|(_, w)| w.grad_2d(&grads)).collect();
         let grad_norm = clip_grad_norm(&mut g, Some(cfg.max_grad_norm));
         let factor = Schedule::Linear.factor(step + 1, cfg.warmup_steps, cfg.steps);
-        let current: Vec<Tensor<2>> = model
-            .weights()
-            .into_iter()
-            .map(|(_, w)| match w {
-                crate::model::t5::WeightRef::D1(t) => t.clone().inner().unsqueeze::<2>(),
-                crate::model::t5::WeightRef::D2(t) => t.clone().inner(),
-            })
-            .collect();
+        let current: Vec<Tensor<2>> = weights.iter().map(|(_, w)| w.inner_2d()).collect();
         let updated = optim.step(current, g, &groups, factor);
         for ((_, slot), new) in model.weights_mut().into_iter().zip(updated) {
-            let new = new.autodiff().require_grad();
-            match slot {
-                WeightMut::D1(t) => *t = new.squeeze::<1>(),
-                WeightMut::D2(t) => *t = new,
-            }
+            slot.set_tracked(new);
         }
         model.retie();
         let tokens: usize = sup_rows
             .iter()
-            .chain(&span_rows)
+            .chain(&doc_rows)
             .map(|r| r.input_ids.len() + r.label_ids.len())
             .sum();
         // Held-out scores on one copy of the weights off the autodiff device.
@@ -477,8 +541,8 @@ pub fn pretrain(
     write_atomic(out.join("pretrain.jsonl"), lines.as_bytes())?;
     let result = PretrainResult {
         config: cfg.clone(),
-        parameters: model.num_parameters(),
-        vocab_size: model.config.vocab_size,
+        parameters: model.weights().iter().map(|(_, w)| w.numel()).sum(),
+        vocab_size: model.vocab_size(),
         first_eval_loss,
         final_eval_loss,
         final_train_loss: logs.last().map(|l| l.loss).unwrap_or(f64::NAN),
@@ -492,15 +556,4 @@ pub fn pretrain(
     let text = serde_json::to_string_pretty(&result).expect("results serialise");
     write_atomic(out.join("pretrain.json"), format!("{text}\n").as_bytes())?;
     Ok(result)
-}
-
-/// Marks every weight of `model` as trainable (and re-ties a tied head to the tracked embedding).
-fn set_trainable(model: &mut T5) {
-    for (_, w) in model.weights_mut() {
-        match w {
-            WeightMut::D1(t) => *t = t.clone().require_grad(),
-            WeightMut::D2(t) => *t = t.clone().require_grad(),
-        }
-    }
-    model.retie();
 }
