@@ -16,6 +16,9 @@ pub struct InspectArgs {
     /// Precision to load in: f32 (default), bf16 or bf16-mixed.
     #[arg(long)]
     dtype: Option<String>,
+    /// Quantize the dense layers to 4 bits as they load (nf4 or fp4) and report the memory.
+    #[arg(long)]
+    quantize: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
     /// List the compute devices `--device` can name: what this ept can use, and what another
@@ -47,10 +50,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .expect("clap requires --model without --devices"),
         revision: args.revision.clone(),
         dtype: args.dtype.clone(),
+        quantize: args.quantize.clone(),
         device: args.device.clone(),
     };
     let b = model.load(false)?;
     let m = &b.model;
+    let memory = m.weight_memory();
     let mut info = serde_json::Map::new();
     info.insert("folder".into(), serde_json::json!(b.dir));
     info.insert("architecture".into(), m.architecture().into());
@@ -63,6 +68,20 @@ pub fn run(args: InspectArgs) -> Result<()> {
         ("storage_dtype", b.storage_dtype.clone().into()),
         ("compute_dtype", m.dtype().name().into()),
         ("parameters", m.num_parameters().into()),
+        (
+            "quantization",
+            memory.quantization.clone().unwrap_or("none".into()).into(),
+        ),
+        ("quantized_parameters", memory.quantized_parameters.into()),
+        (
+            "quantized_bytes_per_parameter",
+            serde_json::json!((memory.quantized_bytes_per_parameter() * 1e4).round() / 1e4),
+        ),
+        ("unquantized_parameters", memory.other_parameters.into()),
+        (
+            "weight_bytes",
+            (memory.quantized_bytes + memory.other_bytes).into(),
+        ),
         ("files", serde_json::json!(b.files)),
     ] {
         info.insert(k.into(), v);

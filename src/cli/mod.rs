@@ -8,12 +8,14 @@ mod generate;
 mod inspect;
 mod predict;
 mod pretrain;
+mod quantize;
 mod sweep;
 mod tasks;
 mod train;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ept::Result;
+use ept::io::bnb4::QuantizeSpec;
 use ept::io::hub::resolve_model;
 use ept::io::weights::FloatType;
 use ept::model::Backbone;
@@ -51,6 +53,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Pretrain a model organism: a small T5 (or `--arch llama`: a Llama) on the synthetic language, every weight trained.
     Pretrain(pretrain::PretrainArgs),
+    /// Write a checkpoint in 4 bits (NF4/FP4, double quantization) as transformers + bitsandbytes do.
+    Quantize(quantize::QuantizeArgs),
     /// Time a prompt-tuning step (forward, backward, prompt gradients) on a random-weight T5.
     Bench(bench::BenchArgs),
 }
@@ -68,6 +72,11 @@ pub struct ModelArgs {
     /// (bf16 dense layers with f32 sums; AMX tiles or AVX512-BF16 where the CPU has them).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize the dense layers to 4 bits as they load, as transformers + bitsandbytes
+    /// (`load_in_4bit`, double quantization): nf4 or fp4. A 4-bit folder needs no flag.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<String>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -76,9 +85,14 @@ impl ModelArgs {
     pub fn load(&self, train: bool) -> Result<Backbone> {
         let dir = resolve_model(&self.model, self.revision.as_deref())?;
         let dtype = self.dtype.as_deref().map(FloatType::parse).transpose()?;
+        let quantize = self
+            .quantize
+            .as_deref()
+            .map(QuantizeSpec::parse)
+            .transpose()?;
         // Flags are checked before the device is opened, the device before the weights are read.
         let device = self.device.open(train)?;
-        Backbone::load(&dir, dtype, &device)
+        Backbone::load_quantized(&dir, dtype, quantize, &device)
     }
 }
 
@@ -122,6 +136,7 @@ pub fn run() -> Result<()> {
             train::run(*a, sub)
         }
         Command::Pretrain(a) => pretrain::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Sweep(a) => sweep::run(a),
     }
 }

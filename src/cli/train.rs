@@ -40,6 +40,11 @@ pub struct TrainArgs {
     /// the CPU has them). Prompts and optimizer state always stay in f32.
     #[arg(long)]
     dtype: Option<String>,
+    /// Quantize the frozen model's dense layers to 4 bits as they load (nf4 or fp4, with
+    /// double quantization, as QLoRA); a 4-bit folder written by transformers needs no flag.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quantize: Option<String>,
     /// auto (a CUDA GPU when this ept has the `cuda` feature and one is present, else the CPU),
     /// cpu, cuda[:N], vulkan[:N] or cubecl-cpu; `ept inspect --devices` lists them [default: auto].
     #[arg(long)]
@@ -430,6 +435,7 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
             .unwrap_or_else(|| ept::io::hub::ORGANISM.to_string()),
         revision: args.revision.clone(),
         dtype: args.dtype.clone(),
+        quantize: args.quantize.clone(),
         device: super::DeviceArgs {
             device: args.device.clone(),
         },

@@ -236,6 +236,44 @@ impl WeightFile {
         Ok(out)
     }
 
+    /// Tensor `name`'s dtype, shape and bytes as stored, or None when absent.
+    pub fn raw(&self, name: &str) -> Result<Option<crate::io::bnb4::RawTensor>> {
+        let Some((shard_idx, shape, dtype)) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[*shard_idx];
+        let st = SafeTensors::deserialize(&shard.mmap)
+            .map_err(|e| Error::data(&shard.path, format!("not a valid safetensors file: {e}")))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::data(&shard.path, e.to_string()))?;
+        Ok(Some(crate::io::bnb4::RawTensor {
+            dtype: dtype_name(*dtype),
+            shape: shape.clone(),
+            bytes: view.data().to_vec(),
+        }))
+    }
+
+    /// Tensor `name` as bitsandbytes' 4-bit weight of PyTorch shape `shape`
+    /// when the file holds it quantized (its `quant_state` beside it), else None.
+    pub fn quant4(&self, name: &str, shape: &[usize]) -> Result<Option<crate::io::bnb4::Quant4>> {
+        let path = self.shard_path(name);
+        crate::io::bnb4::Quant4::from_parts(name, shape, &path, |n| self.raw(n))
+    }
+
+    /// The stored dtype of tensor `name` (`F32`, `BF16`, ...), if present.
+    pub fn dtype_of(&self, name: &str) -> Option<String> {
+        self.index.get(name).map(|(_, _, d)| dtype_name(*d))
+    }
+
+    /// The shard holding `name` (the origin when absent), for messages.
+    fn shard_path(&self, name: &str) -> PathBuf {
+        self.index.get(name).map_or_else(
+            || self.origin.clone(),
+            |(i, _, _)| self.shards[*i].path.clone(),
+        )
+    }
+
     /// Reads tensor `name` of shape `shape` into a tensor of `dtype` on `device`.
     pub fn tensor<const D: usize>(
         &self,

@@ -23,7 +23,8 @@ use rayon::prelude::*;
 use super::amx;
 use super::common::{contiguous_f32, enabled, flex_f32, flex_tensor, forward_strides, strided_f32};
 use super::packed::{PackedB, PackedLinear, round_bf16};
-use super::{matmul, rowdot};
+use super::{matmul, quant4, rowdot};
+use crate::io::bnb4::Quant4;
 
 /// `x·W` in bf16-mixed precision: `x` rounded to bf16, products summed in f32,
 /// as PyTorch's bf16 autocast computes a linear layer. `weight` is `[in, out]`,
@@ -127,6 +128,16 @@ pub trait LinearOps: Backend {
     /// `a·w` for `a` `[m, k]` with few rows and `w` `[k, n]` the transpose of
     /// a row-major `[n, k]` weight (the tied head); see [`few_rows_matmul`].
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x·dequant(W)ᵀ` for a 4-bit weight; see [`super::quant4::quant4_linear`].
+    fn quant4_linear(x: FloatTensor<Self>, w: Arc<Quant4>, bf16: bool) -> FloatTensor<Self>;
+
+    /// Gradient of [`LinearOps::quant4_linear`] with respect to `x`: `grad·dequant(W)`.
+    fn quant4_linear_backward(
+        grad: FloatTensor<Self>,
+        w: Arc<Quant4>,
+        bf16: bool,
+    ) -> FloatTensor<Self>;
 }
 
 impl LinearOps for Flex {
@@ -167,6 +178,14 @@ impl LinearOps for Flex {
             }
         }
         Flex::float_matmul(a, w)
+    }
+
+    fn quant4_linear(x: FlexTensor, w: Arc<Quant4>, bf16: bool) -> FlexTensor {
+        quant4::product(x, &w, bf16, false)
+    }
+
+    fn quant4_linear_backward(grad: FlexTensor, w: Arc<Quant4>, bf16: bool) -> FlexTensor {
+        quant4::product(grad, &w, bf16, true)
     }
 }
 
@@ -334,6 +353,29 @@ impl<B: Backend + LinearOps, C: CheckpointStrategy> LinearOps for Autodiff<B, C>
 
     fn few_rows_matmul(a: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         frozen_weight_product::<B, C>(a, w, B::few_rows_matmul)
+    }
+
+    fn quant4_linear(x: FloatTensor<Self>, w: Arc<Quant4>, bf16: bool) -> FloatTensor<Self> {
+        let prep = quant4::Quant4Step
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::quant4_linear(x, w.clone(), bf16);
+                prep.finish((w, bf16), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::quant4_linear(x, w, bf16)),
+        }
+    }
+
+    fn quant4_linear_backward(
+        grad: FloatTensor<Self>,
+        w: Arc<Quant4>,
+        bf16: bool,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::quant4_linear_backward(grad.into_primitive(), w, bf16))
     }
 }
 

@@ -32,6 +32,8 @@
 //!   `attention_kernel.rs` (one task per example and head);
 //! - `cross_attention.rs`: [`cross_attention()`], the decoder's cross-attention
 //!   with the key and value projections absorbed, on `cross_attention_kernel.rs`;
+//! - `quant4.rs`: [`quant4_linear`], products with 4-bit (NF4/FP4) weights
+//!   decoded per call;
 //! - `matmul.rs`: dense f32 products into unzeroed buffers (the gemm crate);
 //! - `rowdot.rs`: a few rows times a wide row-major weight (the LM head);
 //! - `amx.rs`, `dpbf16.rs`: bf16 products on packed frozen weights, on AMX
@@ -53,6 +55,7 @@ pub mod linear;
 pub mod matmul;
 pub mod norm;
 pub mod packed;
+pub mod quant4;
 pub mod rowdot;
 pub mod softmax;
 
@@ -63,4 +66,5 @@ pub use cross_attention::{cross_attention, cross_attention_reference};
 pub use elementwise::{relu, residual_add};
 pub use linear::{bf16_linear, bf16_linear_reference, few_rows_matmul, frozen_linear};
 pub use norm::{rms_norm, rms_norm_reference};
+pub use quant4::{quant4_linear, quant4_linear_reference};
 pub use softmax::{softmax_with_bias, softmax_with_bias_reference};

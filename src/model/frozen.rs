@@ -40,6 +40,9 @@ pub trait FrozenModel {
     /// Number of frozen parameters (a tied head counted once).
     fn num_parameters(&self) -> usize;
 
+    /// Where the weights' memory goes (4-bit layers and the rest).
+    fn weight_memory(&self) -> super::params::WeightMemory;
+
     /// Whether the output head is the input embedding matrix.
     fn tied_head(&self) -> bool;
 

@@ -10,6 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::error::Result;
+use crate::io::bnb4::{self, Quant4, QuantizeSpec};
 use crate::io::weights::{FloatType, WeightFile};
 use crate::kernels::{self, amx, amx::PackedLinear};
 
@@ -18,6 +19,8 @@ use crate::kernels::{self, amx, amx::PackedLinear};
 pub(crate) struct LoadCtx {
     pub device: Device,
     pub dtype: FloatType,
+    /// Dense weights to quantize to 4 bits as they load (`--quantize`).
+    pub quantize: Option<QuantizeSpec>,
 }
 
 /// Large negative number added to masked attention scores (exp underflows to 0).
@@ -40,6 +43,10 @@ pub struct Linear {
     /// rounds its input to bf16, and `weight` holds bf16 values. Inside, the
     /// same weight packed for AMX tiles when the CPU has them.
     bf16: Option<Option<Arc<PackedLinear>>>,
+    /// A 4-bit weight (bitsandbytes' NF4/FP4), decoded per product
+    /// ([`kernels::quant4_linear`]); `weight` is then an empty `[0, out]`
+    /// tensor, and `bf16` says whether the product runs in bf16.
+    pub(crate) quant: Option<Arc<Quant4>>,
 }
 
 impl Linear {
@@ -51,6 +58,7 @@ impl Linear {
                 weight,
                 bias: None,
                 bf16: None,
+                quant: None,
             };
         }
         // Rounded once, so that every path multiplies the same bf16 values.
@@ -74,7 +82,30 @@ impl Linear {
             weight,
             bias: None,
             bf16: Some(packed),
+            quant: None,
         }
+    }
+
+    /// A dense layer over a 4-bit weight (`[out, in]`), computing in
+    /// `dtype`: bf16-mixed products round their operands to bf16.
+    pub fn quantized(q: Quant4, dtype: FloatType, device: &Device) -> Self {
+        let d_out = q.shape[0];
+        Linear {
+            weight: Tensor::zeros([0, d_out], (device, dtype.dtype())),
+            bias: None,
+            bf16: (dtype == FloatType::Bf16Mixed).then_some(None),
+            quant: Some(Arc::new(q)),
+        }
+    }
+
+    /// The 4-bit weight, when the layer has one.
+    pub fn quantized_weight(&self) -> Option<&Quant4> {
+        self.quant.as_deref()
+    }
+
+    /// Width of the output.
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
     }
 
     pub(crate) fn load(
@@ -85,6 +116,22 @@ impl Linear {
         ctx: &LoadCtx,
     ) -> Result<Self> {
         // PyTorch stores nn.Linear weights as [out, in].
+        if let Some(q) = w.quant4(name, &[d_out, d_in])? {
+            return Ok(Linear::quantized(q, ctx.dtype, &ctx.device));
+        }
+        if let Some(spec) = ctx.quantize.as_ref().filter(|s| s.applies_to(name)) {
+            let values = w.read_f32(name, &[d_out, d_in])?;
+            let stored = bnb4::StoredDtype::of_safetensors(&w.dtype_of(name).unwrap_or_default());
+            let q = Quant4::quantize(
+                &values,
+                &[d_out, d_in],
+                spec.quant_type,
+                spec.double,
+                bnb4::BLOCKSIZE,
+                stored,
+            );
+            return Ok(Linear::quantized(q, ctx.dtype, &ctx.device));
+        }
         let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
         Ok(Linear::new(t.transpose(), ctx.dtype))
     }
@@ -108,13 +155,14 @@ impl Linear {
 
     /// The weight when the layer multiplies in f32 (not bf16-mixed).
     pub(crate) fn f32_weight(&self) -> Option<&Tensor<2>> {
-        (self.bf16.is_none() && self.bias.is_none()).then_some(&self.weight)
+        (self.bf16.is_none() && self.bias.is_none() && self.quant.is_none()).then_some(&self.weight)
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = match &self.bf16 {
-            Some(packed) => kernels::bf16_linear(x, self.weight.clone(), packed.clone()),
-            None => kernels::frozen_linear(x, self.weight.clone()),
+        let y = match (&self.quant, &self.bf16) {
+            (Some(q), bf16) => kernels::quant4_linear(x, q.clone(), bf16.is_some()),
+            (None, Some(packed)) => kernels::bf16_linear(x, self.weight.clone(), packed.clone()),
+            (None, None) => kernels::frozen_linear(x, self.weight.clone()),
         };
         match &self.bias {
             Some(b) => y.clone() + b.clone().cast(y.dtype()).unsqueeze::<3>(),

@@ -22,6 +22,7 @@ use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm, Rotary};
 use super::llama_config::LlamaConfig;
 use super::params::{WeightMut, WeightRef};
 use crate::error::{Error, Result};
+use crate::io::bnb4::QuantizeSpec;
 use crate::io::weights::{FloatType, WeightFile};
 use crate::kernels;
 
@@ -129,7 +130,7 @@ pub struct Layer {
 
 /// [`Llama::weights`] and [`Llama::weights_mut`]: one list, borrowed with or without `mut`.
 macro_rules! named_weights {
-    ($self:ident, $d1:path, $d2:path, $($m:tt)?) => {{
+    ($self:ident, $d1:path, $d2:path, $lin:path, $($m:tt)?) => {{
         let mut out = Vec::new();
         out.push(("model.embed_tokens.weight".to_string(), $d2(& $($m)? $self.embed_tokens)));
         for (i, l) in (& $($m)? $self.layers).into_iter().enumerate() {
@@ -146,7 +147,7 @@ macro_rules! named_weights {
                 ("mlp.up_proj", & $($m)? f.up),
                 ("mlp.down_proj", & $($m)? f.down),
             ] {
-                out.push((format!("{p}.{name}.weight"), $d2(& $($m)? lin.weight)));
+                out.push((format!("{p}.{name}.weight"), $lin(& $($m)? lin.weight, &lin.quant)));
                 if let Some(b) = & $($m)? lin.bias {
                     out.push((format!("{p}.{name}.bias"), $d1(b)));
                 }
@@ -186,18 +187,22 @@ impl Llama {
         let config_path = dir.join("config.json");
         let config = LlamaConfig::from_file(&config_path)?;
         let weights = WeightFile::open_dir(dir)?;
-        Self::from_weights(config, &weights, dtype, device)
+        Self::from_weights(config, &weights, dtype, None, device)
     }
 
+    /// Builds the model from `w`; `quantize` quantizes its dense layers to 4
+    /// bits as they load (the head stays as stored, as in transformers).
     pub fn from_weights(
         config: LlamaConfig,
         w: &WeightFile,
         dtype: FloatType,
+        quantize: Option<QuantizeSpec>,
         device: &Device,
     ) -> Result<Self> {
         let ctx = LoadCtx {
             device: device.clone(),
             dtype,
+            quantize,
         };
         let c = &config;
         let (d, v, ffn) = (c.hidden_size(), c.raw.vocab_size, c.raw.intermediate_size);
@@ -339,7 +344,7 @@ impl Llama {
     /// tied head not listed. Dense weights (and the head) are held `[in, out]`
     /// (see [`Linear`]); [`Llama::save`] transposes them back.
     pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
-        named_weights!(self, WeightRef::D1, WeightRef::D2,)
+        named_weights!(self, WeightRef::D1, WeightRef::D2, WeightRef::linear,)
     }
 
     /// The same list as [`Llama::weights`], mutable: full-parameter training
@@ -347,7 +352,7 @@ impl Llama {
     /// update; call [`Llama::retie`] after changing the embedding. As for
     /// T5, a bf16-mixed model's packed copies are not refreshed.
     pub fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)> {
-        named_weights!(self, WeightMut::D1, WeightMut::D2, mut)
+        named_weights!(self, WeightMut::D1, WeightMut::D2, WeightMut::linear, mut)
     }
 
     /// Makes a tied head the embedding's transpose again (after the embedding changed).

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
+use crate::io::bnb4::{QuantConfig, QuantizeSpec, StoredDtype};
 use crate::io::weights::{FloatType, WeightFile};
 pub use config::T5Config;
 pub use frozen::FrozenModel;
@@ -92,8 +93,19 @@ impl Arch {
     }
 }
 
+/// Which checkpoint tensors of a model with this `config.json` are dense
+/// layers that 4-bit quantization replaces (never the head: transformers
+/// keeps `lm_head` out), and the modules the architecture keeps out as
+/// transformers does (T5's `wo`, `_keep_in_fp32_modules`).
+pub fn quantizable(config: &serde_json::Value) -> (fn(&str) -> bool, &'static [&'static str]) {
+    match Arch::of(config) {
+        Arch::T5 => (|n| t5::is_dense_weight(n) && n != "lm_head.weight", &["wo"]),
+        Arch::Decoder => (|n| n.ends_with("_proj.weight"), &[]),
+    }
+}
+
 /// `dir/config.json`, parsed.
-fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+pub fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let path = dir.join("config.json");
     let text = crate::error::read_to_string(&path)?;
     let value = serde_json::from_str(&text).map_err(|e| Error::Json {
@@ -118,17 +130,41 @@ pub struct Backbone {
 impl Backbone {
     /// Loads `dir` (already resolved, see [`crate::io::hub::resolve_model`]),
     /// the architecture chosen by `config.json`'s `model_type`.
-    /// `dtype` `None` computes in f32 (bf16 checkpoints are upcast).
+    /// `dtype` `None` computes in f32 (bf16 checkpoints are upcast), or for a
+    /// 4-bit file in its `bnb_4bit_compute_dtype` (bfloat16: bf16-mixed).
     pub fn load(dir: &Path, dtype: Option<FloatType>, device: &Device) -> Result<Self> {
+        Self::load_quantized(dir, dtype, None, device)
+    }
+
+    /// [`Backbone::load`], the dense layers quantized to 4 bits as they load
+    /// when `quantize` is set (as transformers + bitsandbytes would; a file
+    /// already in 4 bits is read as it is).
+    pub fn load_quantized(
+        dir: &Path,
+        dtype: Option<FloatType>,
+        quantize: Option<QuantizeSpec>,
+        device: &Device,
+    ) -> Result<Self> {
         let (config_path, config) = read_config(dir)?;
-        let dtype = dtype.unwrap_or(FloatType::F32);
+        let file_quant = QuantConfig::from_config(&config, &config_path)?;
+        let dtype = dtype.unwrap_or(match &file_quant {
+            Some(q) if q.compute_dtype == StoredDtype::Bf16 => FloatType::Bf16Mixed,
+            _ => FloatType::F32,
+        });
         let tokenizer_path = dir.join("tokenizer.json");
         let weights = WeightFile::open_dir(dir)?;
+        let quantize = quantize.map(|q| {
+            let skip: Vec<&str> = file_quant
+                .iter()
+                .flat_map(|f| f.skip.iter().map(String::as_str))
+                .collect();
+            q.skipping(&skip)
+        });
         let (model, tokenizer): (Box<dyn FrozenModel>, TextTokenizer) = match Arch::of(&config) {
             Arch::Decoder => {
                 let cfg = LlamaConfig::from_value(&config, &config_path)?;
                 let eos = cfg.eos_ids()[0];
-                let model = Llama::from_weights(cfg, &weights, dtype, device)?;
+                let model = Llama::from_weights(cfg, &weights, dtype, quantize, device)?;
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?.for_decoder();
                 (Box::new(model), tok)
             }
@@ -136,7 +172,7 @@ impl Backbone {
                 // T5Config names the field and every supported value otherwise.
                 let cfg = T5Config::from_file(&config_path)?;
                 let eos = cfg.eos_token_id;
-                let model = T5::from_weights(cfg, &weights, &config_path, dtype, device)?;
+                let model = T5::from_weights(cfg, &weights, &config_path, dtype, quantize, device)?;
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?;
                 (Box::new(model), tok)
             }

@@ -103,6 +103,8 @@ fn write_checkpoint(
                 };
                 (name, t.dims().to_vec(), to_f32_vec(t))
             }
+            // Saved decoded, `[out, in]` (full-parameter training never holds one).
+            WeightRef::Quant4(q) => (name, q.shape.clone(), q.dequantize()),
         })
         .collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

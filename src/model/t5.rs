@@ -23,6 +23,7 @@ pub use super::layers::token_loss_sums;
 use super::layers::{Linear, LoadCtx, MASK_VALUE, RmsNorm};
 pub use super::params::{WeightMut, WeightRef};
 use crate::error::{Error, Result};
+use crate::io::bnb4::QuantizeSpec;
 use crate::io::weights::{FloatType, WeightFile};
 use crate::kernels;
 
@@ -86,7 +87,7 @@ impl Attention {
     /// position bias and the masks, broadcastable to `[b, heads, t_q, t_k]`.
     pub fn forward(&self, x: Tensor<3>, kv: Option<Tensor<3>>, bias: &Tensor<4>) -> Tensor<3> {
         let q_len = x.dims()[1];
-        let d_kv = self.k.weight.dims()[1] / self.n_heads;
+        let d_kv = self.k.d_out() / self.n_heads;
         if let (Some(enc), Some(w_k), Some(w_v)) = (&kv, self.k.f32_weight(), self.v.f32_weight()) {
             // Few queries (classification targets) against a long encoder
             // output: the projections folded into the queries cost about
@@ -315,26 +316,26 @@ pub struct T5 {
 /// Expands to the list of `(HF name, reference)` pairs of a T5, shared or
 /// mutable (`mut` as last argument), so both lists come from one text.
 macro_rules! named_weights {
-    ($self:ident, $d1:path, $d2:path, $($m:tt)?) => {{
+    ($self:ident, $d1:path, $d2:path, $lin:path, $($m:tt)?) => {{
         let mut out = Vec::new();
         out.push(("shared.weight".to_string(), $d2(& $($m)? $self.shared)));
         let stacks = [
             ("encoder", (& $($m)? $self.encoder).into_iter().map(|b| {
                 let mut v = Vec::new();
                 v.push(("layer.0.layer_norm.weight", $d1(& $($m)? b.attn_norm.weight)));
-                attention!(v, "layer.0.SelfAttention", b.attn, $d2, $($m)?);
+                attention!(v, "layer.0.SelfAttention", b.attn, $d2, $lin, $($m)?);
                 v.push(("layer.1.layer_norm.weight", $d1(& $($m)? b.ff_norm.weight)));
-                feed_forward!(v, "layer.1.DenseReluDense", b.ff, $d2, $($m)?);
+                feed_forward!(v, "layer.1.DenseReluDense", b.ff, $lin, $($m)?);
                 v
             }).collect::<Vec<_>>()),
             ("decoder", (& $($m)? $self.decoder).into_iter().map(|b| {
                 let mut v = Vec::new();
                 v.push(("layer.0.layer_norm.weight", $d1(& $($m)? b.self_norm.weight)));
-                attention!(v, "layer.0.SelfAttention", b.self_attn, $d2, $($m)?);
+                attention!(v, "layer.0.SelfAttention", b.self_attn, $d2, $lin, $($m)?);
                 v.push(("layer.1.layer_norm.weight", $d1(& $($m)? b.cross_norm.weight)));
-                attention!(v, "layer.1.EncDecAttention", b.cross_attn, $d2, $($m)?);
+                attention!(v, "layer.1.EncDecAttention", b.cross_attn, $d2, $lin, $($m)?);
                 v.push(("layer.2.layer_norm.weight", $d1(& $($m)? b.ff_norm.weight)));
-                feed_forward!(v, "layer.2.DenseReluDense", b.ff, $d2, $($m)?);
+                feed_forward!(v, "layer.2.DenseReluDense", b.ff, $lin, $($m)?);
                 v
             }).collect::<Vec<_>>()),
         ];
@@ -355,12 +356,12 @@ macro_rules! named_weights {
 }
 
 macro_rules! attention {
-    ($v:ident, $p:literal, $a:expr, $d2:path, $($m:tt)?) => {{
+    ($v:ident, $p:literal, $a:expr, $d2:path, $lin:path, $($m:tt)?) => {{
         let a = & $($m)? $a;
-        $v.push((concat!($p, ".q.weight"), $d2(& $($m)? a.q.weight)));
-        $v.push((concat!($p, ".k.weight"), $d2(& $($m)? a.k.weight)));
-        $v.push((concat!($p, ".v.weight"), $d2(& $($m)? a.v.weight)));
-        $v.push((concat!($p, ".o.weight"), $d2(& $($m)? a.o.weight)));
+        $v.push((concat!($p, ".q.weight"), $lin(& $($m)? a.q.weight, &a.q.quant)));
+        $v.push((concat!($p, ".k.weight"), $lin(& $($m)? a.k.weight, &a.k.quant)));
+        $v.push((concat!($p, ".v.weight"), $lin(& $($m)? a.v.weight, &a.v.quant)));
+        $v.push((concat!($p, ".o.weight"), $lin(& $($m)? a.o.weight, &a.o.quant)));
         if let Some(b) = & $($m)? a.relative_bias {
             $v.push((concat!($p, ".relative_attention_bias.weight"), $d2(b)));
         }
@@ -368,16 +369,16 @@ macro_rules! attention {
 }
 
 macro_rules! feed_forward {
-    ($v:ident, $p:literal, $f:expr, $d2:path, $($m:tt)?) => {{
+    ($v:ident, $p:literal, $f:expr, $lin:path, $($m:tt)?) => {{
         let f = & $($m)? $f;
         match & $($m)? f.wi_gate {
             Some(g) => {
-                $v.push((concat!($p, ".wi_0.weight"), $d2(& $($m)? f.wi.weight)));
-                $v.push((concat!($p, ".wi_1.weight"), $d2(& $($m)? g.weight)));
+                $v.push((concat!($p, ".wi_0.weight"), $lin(& $($m)? f.wi.weight, &f.wi.quant)));
+                $v.push((concat!($p, ".wi_1.weight"), $lin(& $($m)? g.weight, &g.quant)));
             }
-            None => $v.push((concat!($p, ".wi.weight"), $d2(& $($m)? f.wi.weight))),
+            None => $v.push((concat!($p, ".wi.weight"), $lin(& $($m)? f.wi.weight, &f.wi.quant))),
         }
-        $v.push((concat!($p, ".wo.weight"), $d2(& $($m)? f.wo.weight)));
+        $v.push((concat!($p, ".wo.weight"), $lin(& $($m)? f.wo.weight, &f.wo.quant)));
     }};
 }
 
@@ -393,19 +394,31 @@ impl T5 {
     pub fn load(dir: &Path, dtype: FloatType, device: &Device) -> Result<Self> {
         let config = T5Config::from_file(&dir.join("config.json"))?;
         let weights = WeightFile::open_dir(dir)?;
-        Self::from_weights(config, &weights, &dir.join("config.json"), dtype, device)
+        Self::from_weights(
+            config,
+            &weights,
+            &dir.join("config.json"),
+            dtype,
+            None,
+            device,
+        )
     }
 
+    /// Builds the model from `w`; `quantize` quantizes its dense layers to 4
+    /// bits as they load, except `wo` (transformers keeps T5's `wo` out of
+    /// quantization: `_keep_in_fp32_modules`).
     pub fn from_weights(
         config: T5Config,
         w: &WeightFile,
         config_path: &Path,
         dtype: FloatType,
+        quantize: Option<QuantizeSpec>,
         device: &Device,
     ) -> Result<Self> {
         let ctx = LoadCtx {
             device: device.clone(),
             dtype,
+            quantize: quantize.map(|q| q.skipping(&["wo"])),
         };
         let cfg = &config;
         let kind = cfg.feed_forward(config_path)?;
@@ -627,7 +640,7 @@ impl T5 {
     /// in checkpoint order. Dense weights are held `[in, out]` (see [`Linear`]); [`T5::save`]
     /// transposes them back.
     pub fn weights(&self) -> Vec<(String, WeightRef<'_>)> {
-        named_weights!(self, WeightRef::D1, WeightRef::D2,)
+        named_weights!(self, WeightRef::D1, WeightRef::D2, WeightRef::linear,)
     }
 
     /// The same list as [`T5::weights`], mutable: full-parameter training
@@ -636,7 +649,7 @@ impl T5 {
     /// In bf16-mixed precision the dense layers' AMX copies are made at load
     /// and not refreshed: such a model is for frozen use only.
     pub fn weights_mut(&mut self) -> Vec<(String, WeightMut<'_>)> {
-        named_weights!(self, WeightMut::D1, WeightMut::D2, mut)
+        named_weights!(self, WeightMut::D1, WeightMut::D2, WeightMut::linear, mut)
     }
 
     /// The same model with every weight cut from the autodiff graph (for

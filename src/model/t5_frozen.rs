@@ -78,6 +78,10 @@ impl FrozenModel for T5 {
         T5::num_parameters(self)
     }
 
+    fn weight_memory(&self) -> crate::model::params::WeightMemory {
+        crate::model::params::WeightMemory::of(&self.weights())
+    }
+
     fn tied_head(&self) -> bool {
         self.tied_head
     }
