@@ -620,7 +620,9 @@ fn quantize_blockwise_8bit(
         let inv = 1.0f32 / m;
         for (o, &v) in out.iter_mut().zip(block) {
             let x = (v * inv).clamp(-1.0, 1.0);
-            let i = ((x + 1.0) * 0.5 * (LUT - 1) as f32 + 0.5) as usize;
+            // bitsandbytes' build fuses the last multiply and add (one fma,
+            // one rounding) before truncating.
+            let i = ((x + 1.0) * 0.5).mul_add((LUT - 1) as f32, 0.5) as usize;
             *o = lut[i.min(LUT - 1)];
         }
     }

@@ -52,6 +52,7 @@ fn backward_reaches_the_prompt_and_no_weight() {
         let has_grad = match w {
             WeightRef::D1(t) => t.grad(&grads).is_some() || t.is_require_grad(),
             WeightRef::D2(t) => t.grad(&grads).is_some() || t.is_require_grad(),
+            WeightRef::Quant4(_) => false,
         };
         assert!(!has_grad, "frozen weight {name} has a gradient");
     }

@@ -17,6 +17,7 @@ mod frozen;
 mod gpu_path;
 mod llama_parity;
 mod metrics;
+mod nf4;
 mod optim;
 mod organism;
 mod organism_model;
