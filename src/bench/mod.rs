@@ -17,6 +17,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::evaluate::batch_loss_sums;
+use crate::io::bnb4::QuantType;
 use crate::io::weights::FloatType;
 use crate::model::batch::{Seq2SeqBatch, TokenizedExample};
 use crate::model::t5::token_loss_sums;
@@ -35,6 +36,10 @@ pub enum Shape {
     /// T5 v1.1 small (and Flan-T5 small): 8+8 layers, d 512, d_kv 64, 6 heads,
     /// d_ff 1024 gated-GELU, untied head, vocab 32128 (77M).
     T5V11Small,
+    /// T5-3B: 24+24 layers, d 1024, d_kv 128, 32 heads, d_ff 16384, ReLU (2.9B).
+    T5_3B,
+    /// T5-11B: 24+24 layers, d 1024, d_kv 128, 128 heads, d_ff 65536, ReLU (11.3B).
+    T5_11B,
     /// SmolLM2-135M: 30 layers, d 576, 9:3 heads of 64, SwiGLU 1536, tied, vocab 49152.
     SmolLm2_135M,
     /// TinyLlama-1.1B: 22 layers, d 2048, 32:4 heads of 64, SwiGLU 5632, vocab 32000.
@@ -44,10 +49,12 @@ pub enum Shape {
 }
 
 /// Every shape's name, in the order `--help` lists them.
-const SHAPE_NAMES: [(&str, Shape); 6] = [
+const SHAPE_NAMES: [(&str, Shape); 8] = [
     ("t5-small", Shape::T5Small),
     ("t5-base", Shape::T5Base),
     ("t5-v1_1-small", Shape::T5V11Small),
+    ("t5-3b", Shape::T5_3B),
+    ("t5-11b", Shape::T5_11B),
     ("smollm2-135m", Shape::SmolLm2_135M),
     ("tinyllama-1.1b", Shape::TinyLlama1B),
     ("llama2-7b", Shape::Llama2_7B),
@@ -99,10 +106,12 @@ impl Shape {
     /// The T5 config of a T5 shape (v1.0: ReLU, tied head, rescaled decoder
     /// output; v1.1: gated-GELU, untied head); an error for a decoder shape.
     pub fn t5_config(self) -> Result<T5Config> {
-        let (layers, d, heads, d_ff) = match self {
-            Shape::T5Small => (6, 512, 8, 2048),
-            Shape::T5Base => (12, 768, 12, 3072),
-            Shape::T5V11Small => (8, 512, 6, 1024),
+        let (layers, d, heads, d_ff, d_kv) = match self {
+            Shape::T5Small => (6, 512, 8, 2048, 64),
+            Shape::T5Base => (12, 768, 12, 3072, 64),
+            Shape::T5V11Small => (8, 512, 6, 1024, 64),
+            Shape::T5_3B => (24, 1024, 32, 16384, 128),
+            Shape::T5_11B => (24, 1024, 128, 65536, 128),
             other => {
                 return Err(Error::invalid(format!(
                     "bench: `{}` is a decoder shape; this benchmark runs T5 shapes only",
@@ -115,7 +124,7 @@ impl Shape {
             model_type: Some("t5".into()),
             vocab_size: 32128,
             d_model: d,
-            d_kv: 64,
+            d_kv,
             d_ff,
             num_layers: layers,
             num_decoder_layers: Some(layers),
@@ -141,22 +150,33 @@ impl Shape {
         match self {
             Shape::T5Small | Shape::T5V11Small => (16, 128),
             Shape::T5Base => (8, 256),
+            Shape::T5_3B | Shape::T5_11B => (1, 64),
             Shape::SmolLm2_135M => (8, 128),
             Shape::TinyLlama1B => (4, 128),
             Shape::Llama2_7B => (2, 128),
         }
     }
 
-    /// A model of this shape with random weights.
+    /// A model of this shape with random weights, its dense layers in 4 bits
+    /// when `quantize` is set.
     fn build(
         self,
         seed: u64,
         dtype: FloatType,
+        quantize: Option<QuantType>,
         device: &burn::tensor::Device,
     ) -> Result<Box<dyn FrozenModel>> {
-        Ok(match self.decoder_config() {
-            Some(c) => Box::new(Llama::random(c, seed, dtype, device)),
-            None => Box::new(T5::random(self.t5_config()?, seed, dtype, device)),
+        Ok(match (self.decoder_config(), quantize) {
+            (Some(c), None) => Box::new(Llama::random(c, seed, dtype, device)),
+            (Some(c), Some(q)) => Box::new(Llama::random_quantized(c, seed, dtype, q, device)),
+            (None, None) => Box::new(T5::random(self.t5_config()?, seed, dtype, device)),
+            (None, Some(q)) => Box::new(T5::random_quantized(
+                self.t5_config()?,
+                seed,
+                dtype,
+                q,
+                device,
+            )),
         })
     }
 
@@ -231,6 +251,8 @@ pub struct BenchSettings {
     pub warmup: usize,
     pub seed: u64,
     pub dtype: FloatType,
+    /// Dense layers in 4 bits (`--quantize`), quantized as they are drawn.
+    pub quantize: Option<QuantType>,
     /// Where the step runs (autodiff on): the CPU unless `ept bench --device` says otherwise.
     #[serde(serialize_with = "debug_name")]
     pub device: Device,
@@ -253,6 +275,7 @@ impl BenchSettings {
             warmup: 2,
             seed: 0,
             dtype: FloatType::F32,
+            quantize: None,
             device: crate::runtime::cpu_device(true),
         }
     }
@@ -289,6 +312,8 @@ pub struct BenchReport {
     /// Target tokens per batch (what the loss is averaged over).
     pub target_tokens: usize,
     pub frozen_params: usize,
+    /// Where the frozen weights' memory goes (4-bit layers and the rest).
+    pub weights: crate::model::params::WeightMemory,
     /// Every trainable number, auxiliary networks included.
     pub trainable_params: usize,
     /// Worker threads asked for (RAYON_NUM_THREADS, else the number of CPUs).
@@ -513,7 +538,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
     let mut rng = Rng::new(settings.seed ^ 0x5EED_BA7C);
     let (workload, prompt_rows, trainable_params) = match settings.prompt_config() {
         Some(pc) => {
-            let model = shape.build(settings.seed, settings.dtype, &device)?;
+            let model = shape.build(settings.seed, settings.dtype, settings.quantize, &device)?;
             let tok = placeholder_tokenizer(0)?;
             let prompt = build_prompt(&pc, model.as_ref(), &tok)?.to_device(&device, true);
             let rows = prompt.len();
@@ -529,6 +554,11 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
             let config = shape.t5_config().map_err(|_| {
                 Error::invalid("bench --method none: T5 shapes only (a decoder needs pt or ept)")
             })?;
+            if settings.quantize.is_some() {
+                return Err(Error::invalid(
+                    "bench --method none: --quantize needs pt or ept",
+                ));
+            }
             let model = Box::new(T5::random(
                 config.clone(),
                 settings.seed,
@@ -542,9 +572,9 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         }
     };
     let examples = shape.examples(settings.batch, settings.len, &mut rng)?;
-    let frozen_params = match &workload {
-        Workload::Prompt { model, .. } => model.num_parameters(),
-        Workload::Inputs { model, .. } => model.num_parameters(),
+    let (frozen_params, weights) = match &workload {
+        Workload::Prompt { model, .. } => (model.num_parameters(), model.weight_memory()),
+        Workload::Inputs { model, .. } => (model.num_parameters(), model.weight_memory()),
     };
     let setup_peak_rss_mib = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
 
@@ -571,6 +601,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         encoder_len: prompt_rows + settings.len,
         target_tokens: examples.iter().map(|e| e.label_ids.len()).sum(),
         frozen_params,
+        weights,
         trainable_params,
         threads: worker_threads(),
         process_threads: proc_status("Threads:").map_or(0, |n| n as usize),
@@ -620,6 +651,23 @@ impl BenchReport {
             ),
         );
         row("dtype", s.dtype.name().to_string());
+        let w = &self.weights;
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        if let Some(q) = &w.quantization {
+            row(
+                "weights",
+                format!(
+                    "{q}: {} parameters at {:.4} bytes ({:.0} MiB); {} others {:.0} MiB",
+                    w.quantized_parameters,
+                    w.quantized_bytes_per_parameter(),
+                    mib(w.quantized_bytes),
+                    w.other_parameters,
+                    mib(w.other_bytes)
+                ),
+            );
+        } else {
+            row("weights", format!("{:.0} MiB", mib(w.other_bytes)));
+        }
         row("device", format!("{:?}", s.device));
         row(
             "parameters",

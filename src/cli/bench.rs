@@ -8,7 +8,7 @@ use ept::io::weights::FloatType;
 #[derive(Args)]
 pub struct BenchArgs {
     /// Architecture: t5-small (6+6 layers, d 512), t5-base (12+12, d 768),
-    /// t5-v1_1-small (8+8, d 512, gated-GELU), or a decoder: smollm2-135m
+    /// t5-v1_1-small (8+8, d 512, gated-GELU), t5-3b, t5-11b (24+24, d 1024), or a decoder: smollm2-135m
     /// (30 layers, d 576), tinyllama-1.1b (22, d 2048), llama2-7b (32, d 4096).
     #[arg(long, default_value = "t5-small")]
     shape: String,
@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// the CPU has them; EPT_BF16_KERNEL=amx|avx512bf16|portable picks one).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// The dense layers in 4 bits, quantized as they are drawn (nf4 or fp4, double
+    /// quantization; T5's wo kept as transformers keeps it): t5-3b, t5-11b, llama2-7b.
+    #[arg(long)]
+    quantize: Option<String>,
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -114,6 +118,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     settings.warmup = args.warmup;
     settings.seed = args.seed;
     settings.dtype = FloatType::parse(&args.dtype)?;
+    settings.quantize = match &args.quantize {
+        Some(q) => Some(ept::io::bnb4::QuantizeSpec::parse(q)?.quant_type),
+        None => None,
+    };
     settings.device = args.device.open(true)?;
     ept::kernels::set_enabled(!args.plain_ops);
     if let Some(task) = &args.task {

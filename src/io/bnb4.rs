@@ -736,7 +736,18 @@ impl Quant4 {
         let Some((state_key, state_raw)) = state else {
             return Ok(None);
         };
-        let bad = |field: &str, msg: String| Error::field(path, format!("{name}: {field}"), msg);
+        // Fields are named by tensor, and inside the quant-state JSON by key.
+        let bad = |field: &str, msg: String| {
+            let key = match field {
+                "weight" => name.to_string(),
+                f if f.starts_with(name) => f.to_string(),
+                f if ["quant_type", "dtype", "blocksize", "nested_blocksize"].contains(&f) => {
+                    format!("{state_key} {{{f}}}")
+                }
+                f => format!("{name}.{f}"),
+            };
+            Error::field(path, key, msg)
+        };
         let json: StateJson = serde_json::from_slice(&state_raw.bytes).map_err(|e| {
             bad(
                 &state_key,

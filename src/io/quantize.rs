@@ -102,9 +102,9 @@ pub fn write_quantized(
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let st_path = tmp.join("model.safetensors");
-        let bytes = serialize(&parts)
-            .map_err(|e| Error::data(&st_path, format!("cannot serialise: {e}")))?;
-        std::fs::write(&st_path, bytes).map_err(|e| Error::io(&st_path, e))?;
+        // Written straight from the parts: no second copy of the file in memory.
+        serialize_to_file(&parts, &st_path)
+            .map_err(|e| Error::data(&st_path, format!("cannot write: {e}")))?;
         let mut config = config.clone();
         if let Some(obj) = config.as_object_mut() {
             obj.insert("quantization_config".into(), quantization_config(spec));
@@ -176,9 +176,10 @@ fn st_dtype(name: &str) -> safetensors::Dtype {
     }
 }
 
-fn serialize(
+fn serialize_to_file(
     parts: &[(String, String, Vec<usize>, Vec<u8>)],
-) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    path: &Path,
+) -> std::result::Result<(), safetensors::SafeTensorError> {
     let views = parts
         .iter()
         .map(|(n, d, s, b)| {
@@ -186,5 +187,5 @@ fn serialize(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata))
+    safetensors::serialize_to_file(views, Some(metadata), path)
 }

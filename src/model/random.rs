@@ -19,6 +19,7 @@ use super::layers::{Linear, RmsNorm};
 use super::llama::{self, Llama};
 use super::llama_config::LlamaConfig;
 use super::t5::{Attention, DecoderBlock, EncoderBlock, FeedForward, T5};
+use crate::io::bnb4::{BLOCKSIZE, Quant4, QuantType, StoredDtype};
 use crate::io::weights::{FloatType, tensor_from_f32};
 use crate::rng::Rng;
 
@@ -43,6 +44,9 @@ struct Init<'a> {
     dtype: FloatType,
     device: &'a Device,
     scheme: Scheme,
+    /// Dense layers quantized to 4 bits as they are drawn (from bf16 values,
+    /// as a bf16 checkpoint would be): the f32 matrix lives only while it is quantized.
+    quantize: Option<QuantType>,
 }
 
 impl Init<'_> {
@@ -67,7 +71,31 @@ impl Init<'_> {
     }
 
     fn linear_std(&mut self, d_in: usize, d_out: usize, t5_std: f64) -> Linear {
+        if let Some(quant_type) = self.quantize {
+            let std = self.std(t5_std);
+            let values: Vec<f32> = (0..d_out * d_in)
+                .map(|_| StoredDtype::Bf16.round((self.rng.normal() * std) as f32))
+                .collect();
+            let shape = [d_out, d_in];
+            let q = Quant4::quantize(
+                &values,
+                &shape,
+                quant_type,
+                true,
+                BLOCKSIZE,
+                StoredDtype::Bf16,
+            );
+            return Linear::quantized(q, self.dtype, self.device);
+        }
         Linear::new(self.matrix(d_out, d_in, t5_std).transpose(), self.dtype)
+    }
+
+    /// A dense layer never quantized (T5's `wo`, which transformers keeps out).
+    fn linear_kept(&mut self, d_in: usize, d_out: usize) -> Linear {
+        let quantize = self.quantize.take();
+        let layer = self.linear(d_in, d_out);
+        self.quantize = quantize;
+        layer
     }
 
     fn norm(&mut self, d: usize, eps: f64) -> RmsNorm {
@@ -98,7 +126,7 @@ impl Init<'_> {
         FeedForward {
             wi: self.linear(d, f),
             wi_gate: kind.gated.then(|| self.linear(d, f)),
-            wo: self.linear(f, d),
+            wo: self.linear_kept(f, d),
             act: kind.act,
         }
     }
@@ -111,16 +139,42 @@ impl T5 {
     ///
     /// Panics if the config's `feed_forward_proj` is not one [`T5Config`] accepts.
     pub fn random(config: T5Config, seed: u64, dtype: FloatType, device: &Device) -> T5 {
-        Self::build(config, seed, dtype, device, Scheme::Flat(STD))
+        Self::build(config, seed, dtype, None, device, Scheme::Flat(STD))
+    }
+
+    /// [`T5::random`] with the dense layers (but `wo`) in 4 bits, quantized
+    /// one by one as they are drawn: a T5-11B shape fits where its bf16 would not.
+    pub fn random_quantized(
+        config: T5Config,
+        seed: u64,
+        dtype: FloatType,
+        quantize: QuantType,
+        device: &Device,
+    ) -> T5 {
+        Self::build(
+            config,
+            seed,
+            dtype,
+            Some(quantize),
+            device,
+            Scheme::Flat(STD),
+        )
     }
 
     /// A T5 initialised as transformers initialises one for pretraining from
     /// scratch, deterministic in `seed` (f32).
     pub fn init(config: T5Config, seed: u64, device: &Device) -> T5 {
-        Self::build(config, seed, FloatType::F32, device, Scheme::T5)
+        Self::build(config, seed, FloatType::F32, None, device, Scheme::T5)
     }
 
-    fn build(config: T5Config, seed: u64, dtype: FloatType, device: &Device, scheme: Scheme) -> T5 {
+    fn build(
+        config: T5Config,
+        seed: u64,
+        dtype: FloatType,
+        quantize: Option<QuantType>,
+        device: &Device,
+        scheme: Scheme,
+    ) -> T5 {
         let kind = config
             .feed_forward(Path::new("<random T5 config>"))
             .expect("a random T5 needs a valid feed_forward_proj");
@@ -129,6 +183,7 @@ impl T5 {
             dtype,
             device,
             scheme,
+            quantize,
         };
         let cfg = &config;
         let (d, v, eps) = (cfg.d_model, cfg.vocab_size, cfg.layer_norm_epsilon);
@@ -179,22 +234,41 @@ impl Llama {
     /// A decoder of `config`'s shapes with random weights (N(0, 0.05²), norms
     /// 1, biases 0), deterministic in `seed`, laid out as a loaded checkpoint.
     pub fn random(config: LlamaConfig, seed: u64, dtype: FloatType, device: &Device) -> Llama {
-        Self::build(config, seed, dtype, device, STD)
+        Self::build(config, seed, dtype, None, device, STD)
+    }
+
+    /// [`Llama::random`] with every dense layer in 4 bits, quantized as drawn.
+    pub fn random_quantized(
+        config: LlamaConfig,
+        seed: u64,
+        dtype: FloatType,
+        quantize: QuantType,
+        device: &Device,
+    ) -> Llama {
+        Self::build(config, seed, dtype, Some(quantize), device, STD)
     }
 
     /// A decoder initialised as transformers' `LlamaPreTrainedModel` initialises
     /// one for pretraining from scratch (every matrix N(0, 0.02²), its default
     /// `initializer_range`; norms 1, biases 0), deterministic in `seed` (f32).
     pub fn init(config: LlamaConfig, seed: u64, device: &Device) -> Llama {
-        Self::build(config, seed, FloatType::F32, device, 0.02)
+        Self::build(config, seed, FloatType::F32, None, device, 0.02)
     }
 
-    fn build(config: LlamaConfig, seed: u64, dtype: FloatType, device: &Device, std: f64) -> Llama {
+    fn build(
+        config: LlamaConfig,
+        seed: u64,
+        dtype: FloatType,
+        quantize: Option<QuantType>,
+        device: &Device,
+        std: f64,
+    ) -> Llama {
         let mut init = Init {
             rng: Rng::new(seed),
             dtype,
             device,
             scheme: Scheme::Flat(std),
+            quantize,
         };
         let c = &config;
         let (d, v, ffn, eps) = (

@@ -377,3 +377,199 @@ fn four_bit_weights_stay_four_bit_in_memory() {
     let per = q.bytes() as f64 / q.numel() as f64;
     assert!((0.5159..0.5163).contains(&per), "{per} bytes per parameter");
 }
+
+/// Runs `ept` that must fail: exit 2, one `ept:` line, no panic. Returns the line.
+fn error_of(args: &[&str]) -> String {
+    let o = common::ept_env(args, &[("RUST_LOG", "warn")]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {err}");
+    assert!(lines[0].starts_with("ept: "), "{err}");
+    lines[0].to_string()
+}
+
+/// A copy of a 4-bit fixture folder with `edit` applied to its config and tensors.
+fn broken(
+    tag: &str,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+    edit_tensors: impl FnOnce(&mut BTreeMap<String, (String, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
+    let dir = common::temp_dir(&format!("nf4-bad-{tag}"));
+    common::copy_dir(&nf4_dir().join("llama-gqa"), &dir);
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let mut t = tensors(&dir.join("model.safetensors"));
+    edit_tensors(&mut t);
+    let dtype = |d: &str| match d {
+        "U8" => safetensors::Dtype::U8,
+        "F32" => safetensors::Dtype::F32,
+        "BF16" => safetensors::Dtype::BF16,
+        other => panic!("{other}"),
+    };
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
+        .iter()
+        .map(|(n, (d, s, b))| {
+            let v = safetensors::tensor::TensorView::new(dtype(d), s.clone(), b).unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// Every malformed 4-bit input is one line naming the file and the field, exit 2.
+#[test]
+fn bad_four_bit_inputs_are_one_line_errors() {
+    const Q: &str = "model.layers.0.self_attn.q_proj.weight";
+    let set = |k: &'static str, v: serde_json::Value| {
+        move |c: &mut serde_json::Value| c["quantization_config"][k] = v
+    };
+    let keep = |_: &mut BTreeMap<String, (String, Vec<usize>, Vec<u8>)>| {};
+    let cases: Vec<(&str, PathBuf, &[&str])> = vec![
+        (
+            "method",
+            broken("method", set("quant_method", "awq".into()), keep),
+            &["quant_method", "awq"],
+        ),
+        (
+            "8bit",
+            broken("8bit", set("load_in_8bit", true.into()), keep),
+            &["load_in_8bit", "8-bit"],
+        ),
+        (
+            "storage",
+            broken(
+                "storage",
+                set("bnb_4bit_quant_storage", "bfloat16".into()),
+                keep,
+            ),
+            &["bnb_4bit_quant_storage", "uint8"],
+        ),
+        (
+            "type",
+            broken("type", set("bnb_4bit_quant_type", "int4".into()), keep),
+            &["bnb_4bit_quant_type", "int4"],
+        ),
+        (
+            "compute",
+            broken(
+                "compute",
+                set("bnb_4bit_compute_dtype", "float8".into()),
+                keep,
+            ),
+            &["bnb_4bit_compute_dtype"],
+        ),
+        (
+            "state-json",
+            broken(
+                "state-json",
+                |_| {},
+                |t| {
+                    t.get_mut(&format!("{Q}.quant_state.bitsandbytes__nf4"))
+                        .unwrap()
+                        .2
+                        .truncate(20);
+                    let e = t
+                        .get_mut(&format!("{Q}.quant_state.bitsandbytes__nf4"))
+                        .unwrap();
+                    e.1 = vec![20];
+                },
+            ),
+            &[Q, "quant_state"],
+        ),
+        (
+            "nested",
+            broken(
+                "nested",
+                |_| {},
+                |t| {
+                    t.remove(&format!("{Q}.nested_absmax"));
+                },
+            ),
+            &[Q, "nested_absmax", "missing"],
+        ),
+        (
+            "packed",
+            broken(
+                "packed",
+                |_| {},
+                |t| {
+                    let e = t.get_mut(Q).unwrap();
+                    e.2.truncate(e.2.len() - 2);
+                    e.1 = vec![e.2.len(), 1];
+                },
+            ),
+            &[Q, "bytes"],
+        ),
+        (
+            "stored-dtype",
+            broken(
+                "stored-dtype",
+                |_| {},
+                |t| {
+                    let e = t.get_mut(Q).unwrap();
+                    e.2.truncate(e.2.len() / 2 * 2);
+                    e.1 = vec![e.2.len() / 2, 1];
+                    e.0 = "BF16".into();
+                },
+            ),
+            &[Q, "uint8"],
+        ),
+    ];
+    for (what, dir, want) in cases {
+        let e = error_of(&["inspect", "--model", dir.to_str().unwrap()]);
+        assert!(
+            e.contains("config.json") || e.contains("model.safetensors"),
+            "{what}: {e}"
+        );
+        for w in want {
+            assert!(e.contains(w), "{what}: `{w}` missing from {e}");
+        }
+    }
+    // Flags and `ept quantize`'s own refusals.
+    let src = fixtures().join("llama/llama-gqa");
+    let e = error_of(&[
+        "inspect",
+        "--model",
+        src.to_str().unwrap(),
+        "--quantize",
+        "int3",
+    ]);
+    assert!(e.contains("--quantize") && e.contains("nf4 or fp4"), "{e}");
+    let four_bit = nf4_dir().join("llama-gqa");
+    let out = common::temp_dir("nf4-requantize").join("q");
+    let e = error_of(&[
+        "quantize",
+        "--model",
+        four_bit.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("quantization_config") && e.contains("already"),
+        "{e}"
+    );
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("mine.txt"), "keep").unwrap();
+    let e = error_of(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--overwrite"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("mine.txt")).unwrap(),
+        "keep"
+    );
+}
