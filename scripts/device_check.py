@@ -117,12 +117,17 @@ def parity(r: Runner, device: str, quick: bool) -> list[dict]:
     decoders = ("llama-gqa", "llama3-mqa-tied", "qwen2-bias", "mistral-window-sharded")
     fixtures = sorted(FIX.glob("t5/*/reference.json")) + [
         f for f in sorted(FIX.glob("llama/*/reference.json")) if f.parent.name in decoders]
+    # The 4-bit folders transformers + bitsandbytes wrote (their texts are their sources').
+    fixtures += sorted(FIX.glob("nf4/*/reference.json"))
     if quick:
         fixtures = [f for f in fixtures if f.parent.name in ("relu-tied", "llama-gqa")]
     tmp = Path(tempfile.mkdtemp(prefix="ept-device-check-"))
     for ref_path in fixtures:
         ref = json.loads(ref_path.read_text())
         model = ref_path.parent
+        if "mean_loss_f32" in ref:  # a 4-bit folder: the decoded weights' loss, the source's texts
+            texts = json.loads((ROOT / ref["source"] / "reference.json").read_text())["examples"]
+            ref = {"mean_loss": ref["mean_loss_f32"], "examples": texts}
         name = f"{model.parent.name}/{model.name}"
         data = tmp / f"{model.parent.name}-{model.name}.jsonl"
         data.write_text("".join(json.dumps({"source": e["source"], "target": e["target"]}) + "\n"

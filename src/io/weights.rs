@@ -212,7 +212,7 @@ impl WeightFile {
             .tensor(name)
             .map_err(|e| Error::data(&shard.path, e.to_string()))?;
         let bytes = view.data();
-        let out = match dtype {
+        let out: Vec<f32> = match dtype {
             StDtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -233,6 +233,8 @@ impl WeightFile {
                 });
             }
         };
+        // Read once at load: the copy is what stays resident.
+        self.release(name);
         Ok(out)
     }
 
@@ -247,11 +249,13 @@ impl WeightFile {
         let view = st
             .tensor(name)
             .map_err(|e| Error::data(&shard.path, e.to_string()))?;
-        Ok(Some(crate::io::bnb4::RawTensor {
+        let raw = crate::io::bnb4::RawTensor {
             dtype: dtype_name(*dtype),
             shape: shape.clone(),
             bytes: view.data().to_vec(),
-        }))
+        };
+        self.release(name);
+        Ok(Some(raw))
     }
 
     /// Tensor `name` as bitsandbytes' 4-bit weight of PyTorch shape `shape`
@@ -259,6 +263,44 @@ impl WeightFile {
     pub fn quant4(&self, name: &str, shape: &[usize]) -> Result<Option<crate::io::bnb4::Quant4>> {
         let path = self.shard_path(name);
         crate::io::bnb4::Quant4::from_parts(name, shape, &path, |n| self.raw(n))
+    }
+
+    /// Drops tensor `name`'s pages from this process's resident memory (the
+    /// OS page cache keeps them; a later read faults them back in). Why: a
+    /// pass that reads a large checkpoint once, tensor by tensor (`ept
+    /// quantize`), would otherwise count the whole memory-mapped file in its
+    /// resident set by the end, though it keeps only what it made of each.
+    pub fn release(&self, name: &str) {
+        const PAGE: usize = 4096;
+        let Some((i, ..)) = self.index.get(name) else {
+            return;
+        };
+        let shard = &self.shards[*i];
+        let Ok(st) = SafeTensors::deserialize(&shard.mmap) else {
+            return;
+        };
+        let Ok(view) = st.tensor(name) else {
+            return;
+        };
+        let data = view.data();
+        let start = data.as_ptr() as usize - shard.mmap.as_ptr() as usize;
+        let aligned = start / PAGE * PAGE;
+        let len = start + data.len() - aligned;
+        // SAFETY: the mapping is read-only and backed by the file: dropping
+        // its pages loses nothing, the next read of them refaults from the
+        // file. A failure (another page size) only leaves the pages resident.
+        let _ = unsafe {
+            shard
+                .mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, aligned, len)
+        };
+    }
+
+    /// Whether the file holds bitsandbytes 4-bit weights.
+    pub fn is_quantized(&self) -> bool {
+        self.index
+            .keys()
+            .any(|n| n.contains(".quant_state.bitsandbytes__"))
     }
 
     /// The stored dtype of tensor `name` (`F32`, `BF16`, ...), if present.

@@ -235,6 +235,20 @@ fn bf16_product(
             *out_dims.last_mut().unwrap() = b.n();
             flex_tensor(out, Shape::from(out_dims))
         }
+        // A bf16 weight kept unpacked (beside 4-bit layers): packed for this product.
+        None if amx::available() && weight.dtype() == DType::BF16 => {
+            let w = Flex::float_cast(weight, FloatDType::F32);
+            let w_values = contiguous_f32(&w);
+            let [d_in, d_out] = [w.shape().as_slice()[0], w.shape().as_slice()[1]];
+            let b = if transposed {
+                PackedB::from_fn(d_out, d_in, |i, j| w_values[j * d_out + i])
+            } else {
+                PackedB::from_fn(d_in, d_out, |i, j| w_values[i * d_out + j])
+            };
+            let out = amx::matmul(&values, m, &b);
+            *out_dims.last_mut().unwrap() = b.n();
+            flex_tensor(out, Shape::from(out_dims))
+        }
         _ => {
             let rounded: Vec<f32> = values.par_iter().map(|&v| round_bf16(v)).collect();
             let a2 = flex_tensor(rounded, Shape::from(vec![m, k]));
@@ -474,16 +488,18 @@ mod tests {
         let w_t = crate::tensors::to_f32_vec(w.clone());
         let packed = Arc::new(PackedLinear::from_transposed(&w_t, d_in, d_out));
         let ad = device.clone().autodiff();
-        let mut paths = vec![("portable", None)];
+        let mut paths = vec![("portable", None, DType::F32)];
         if amx::detected() {
-            // AMX tiles or AVX512-BF16, whichever this CPU has (amx::kernel).
-            paths.push(("packed", Some(packed)));
+            // AMX tiles or AVX512-BF16, whichever this CPU has (amx::kernel),
+            // packed once or, for a weight held in bf16, per product.
+            paths.push(("packed", Some(packed), DType::F32));
+            paths.push(("packed per product", None, DType::BF16));
         } else {
             eprintln!("no AMX nor AVX512-BF16 on this CPU: the portable path only");
         }
-        for (name, packed) in paths {
+        for (name, packed, w_dtype) in paths {
             let xa = Tensor::<3>::from_data(x.to_data(), &ad).require_grad();
-            let wa = Tensor::<2>::from_data(w.to_data(), &ad);
+            let wa = Tensor::<2>::from_data(w.to_data(), &ad).cast(w_dtype);
             let out = bf16_linear(xa.clone(), wa, packed);
             let grads = (out.clone() * Tensor::from_data(up.to_data(), &ad))
                 .sum()

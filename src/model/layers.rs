@@ -21,6 +21,9 @@ pub(crate) struct LoadCtx {
     pub dtype: FloatType,
     /// Dense weights to quantize to 4 bits as they load (`--quantize`).
     pub quantize: Option<QuantizeSpec>,
+    /// Whether bf16-mixed dense layers are packed for AMX once at load (not
+    /// in a 4-bit model: see [`Linear::with_packing`]).
+    pub pack: bool,
 }
 
 /// Large negative number added to masked attention scores (exp underflows to 0).
@@ -52,6 +55,14 @@ pub struct Linear {
 impl Linear {
     /// A dense layer from its transposed weight `[in, out]`, in `dtype`'s precision.
     pub fn new(weight: Tensor<2>, dtype: FloatType) -> Self {
+        Self::with_packing(weight, dtype, true)
+    }
+
+    /// [`Linear::new`]; `pack: false` keeps a bf16-mixed layer in bf16 only,
+    /// packed for the AMX tiles per product instead of once (2 bytes a
+    /// weight instead of 6): for the layers a 4-bit model keeps unquantized
+    /// (T5's `wo`), which would otherwise outweigh the 4-bit ones.
+    pub fn with_packing(weight: Tensor<2>, dtype: FloatType, pack: bool) -> Self {
         if dtype != FloatType::Bf16Mixed {
             let weight = Tensor::from_data(weight.to_data(), (&weight.device(), weight.dtype()));
             return Linear {
@@ -64,6 +75,14 @@ impl Linear {
         // Rounded once, so that every path multiplies the same bf16 values.
         let weight = weight.cast(DType::BF16);
         let on_flex = weight.device().inner() == Device::flex();
+        if !pack {
+            return Linear {
+                weight,
+                bias: None,
+                bf16: Some(None),
+                quant: None,
+            };
+        }
         let packed = (amx::detected() && on_flex).then(|| {
             let [d_in, d_out] = weight.dims();
             let values = crate::tensors::to_f32_vec(weight.clone());
@@ -133,7 +152,7 @@ impl Linear {
             return Ok(Linear::quantized(q, ctx.dtype, &ctx.device));
         }
         let t = w.tensor(name, [d_out, d_in], ctx.dtype, &ctx.device)?;
-        Ok(Linear::new(t.transpose(), ctx.dtype))
+        Ok(Linear::with_packing(t.transpose(), ctx.dtype, ctx.pack))
     }
 
     /// `{prefix}.weight`, and `{prefix}.bias` when `bias` is set.

@@ -202,6 +202,7 @@ impl Llama {
         let ctx = LoadCtx {
             device: device.clone(),
             dtype,
+            pack: quantize.is_none() && !w.is_quantized(),
             quantize,
         };
         let c = &config;

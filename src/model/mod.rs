@@ -164,16 +164,17 @@ impl Backbone {
             Arch::Decoder => {
                 let cfg = LlamaConfig::from_value(&config, &config_path)?;
                 let eos = cfg.eos_ids()[0];
-                let model = Llama::from_weights(cfg, &weights, dtype, quantize, device)?;
+                // The tokenizer first: a missing one fails before gigabytes are read.
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?.for_decoder();
+                let model = Llama::from_weights(cfg, &weights, dtype, quantize, device)?;
                 (Box::new(model), tok)
             }
             Arch::T5 => {
                 // T5Config names the field and every supported value otherwise.
                 let cfg = T5Config::from_file(&config_path)?;
                 let eos = cfg.eos_token_id;
-                let model = T5::from_weights(cfg, &weights, &config_path, dtype, quantize, device)?;
                 let tok = TextTokenizer::from_file(&tokenizer_path, eos)?;
+                let model = T5::from_weights(cfg, &weights, &config_path, dtype, quantize, device)?;
                 (Box::new(model), tok)
             }
         };

@@ -91,11 +91,13 @@ impl Init<'_> {
     }
 
     /// A dense layer never quantized (T5's `wo`, which transformers keeps out).
+    /// In a 4-bit model it is packed per product, as a loaded one ([`Linear::with_packing`]).
     fn linear_kept(&mut self, d_in: usize, d_out: usize) -> Linear {
-        let quantize = self.quantize.take();
-        let layer = self.linear(d_in, d_out);
-        self.quantize = quantize;
-        layer
+        if self.quantize.is_none() {
+            return self.linear(d_in, d_out);
+        }
+        let w = self.matrix(d_out, d_in, (d_in as f64).powf(-0.5));
+        Linear::with_packing(w.transpose(), self.dtype, false)
     }
 
     fn norm(&mut self, d: usize, eps: f64) -> RmsNorm {

@@ -418,6 +418,7 @@ impl T5 {
         let ctx = LoadCtx {
             device: device.clone(),
             dtype,
+            pack: quantize.is_none() && !w.is_quantized(),
             quantize: quantize.map(|q| q.skipping(&["wo"])),
         };
         let cfg = &config;
