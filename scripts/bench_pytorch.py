@@ -185,6 +185,8 @@ def parse_args(argv=None):
                    help="bf16-mixed: the step under torch.autocast(<device type>, dtype=torch.bfloat16)")
     p.add_argument("--device", type=device_arg, default="cpu",
                    help="cpu (default), cuda or cuda:N: where the model, the prompt and the batches live")
+    p.add_argument("--quantize", choices=["nf4", "fp4"],
+                   help="the dense layers in 4 bits through transformers + bitsandbytes (CPU wheel)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--task-dir", help="task level: replay `ept bench --task ... --export DIR`")
     p.add_argument("--pad-to", type=int, default=256,
@@ -438,6 +440,7 @@ def main(argv=None) -> int:
         )
         config._attn_implementation = args.attn
         model = LlamaForCausalLM(config).float().eval()
+        type_of_model = LlamaForCausalLM
     else:
         config = T5Config(
             vocab_size=32128, d_model=d, d_kv=64, d_ff=shape["d_ff"],
@@ -448,6 +451,24 @@ def main(argv=None) -> int:
         )
         config._attn_implementation = args.attn
         model = T5ForConditionalGeneration(config).float().eval()
+        type_of_model = T5ForConditionalGeneration
+    if args.quantize:
+        # QLoRA's way, as a user loads a 4-bit model: transformers + bitsandbytes
+        # from a saved folder (the dense layers but lm_head and T5's wo in 4 bits,
+        # double quantization), compute in bf16 under bf16-mixed, else f32. Train
+        # mode (dropout is 0): bitsandbytes' CPU eval path repacks the weights.
+        import tempfile
+        from transformers import BitsAndBytesConfig
+        folder = tempfile.mkdtemp(prefix="bench-4bit-")
+        model.save_pretrained(folder)
+        compute = torch.bfloat16 if args.dtype == "bf16-mixed" else torch.float32
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.quantize,
+                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+        del model
+        model = type_of_model.from_pretrained(folder, quantization_config=qc, dtype=torch.float32,
+                                              attn_implementation=args.attn).train()
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
     for p in model.parameters():
         p.requires_grad_(False)
     attn_impl = getattr(model.config, "_attn_implementation", args.attn)
@@ -542,11 +563,13 @@ def main(argv=None) -> int:
     steps = [f + b_ for f, b_ in zip(fwd, bwd)]
     median = statistics.median(steps)
     report = {
-        "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__}",
+        "implementation": f"PyTorch {torch.__version__} + transformers {transformers.__version__}"
+                          + (f" + bitsandbytes {__import__('bitsandbytes').__version__}" if args.quantize else ""),
         "settings": {
             "shape": args.shape, "batch": batch, "len": length, "method": args.method,
             "l": args.l, "s": args.s, "r": args.r, "num_experts": args.num_experts,
             "steps": args.steps, "warmup": args.warmup, "seed": args.seed, "dtype": args.dtype,
+            "quantize": args.quantize,
         },
         "attn_implementation": attn_impl,
         "prompt_rows": prompt_rows,

@@ -56,6 +56,11 @@ pub fn load_prompt(
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(ept::Error::invalid(
+            "--batch-size 0: expected a positive number of examples",
+        ));
+    }
     let split: ept::data::splits::Split = args.split.parse()?;
     let toy = match &args.task {
         Some(name) => ept::organism::builtin_split(name, split)?,

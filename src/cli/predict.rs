@@ -42,6 +42,11 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(ept::Error::invalid(
+            "--batch-size 0: expected a positive number of examples",
+        ));
+    }
     let task = args.task.as_deref().map(Task::parse).transpose()?;
     let examples: Vec<Example> = match (&args.input, task, &args.data) {
         (Some(text), _, _) => vec![Example {

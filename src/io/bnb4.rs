@@ -443,26 +443,32 @@ impl Quant4 {
         self.packed.len() + self.absmax.bytes()
     }
 
-    /// Calls `f(j, w_j)` for every weight in row-major order from the
-    /// decoded scales `scales` ([`Absmax::decode`]): `w_j = code[q_j] ·
-    /// scale[j / blocksize]` in f32, rounded to the stored dtype — bitwise
-    /// `dequantize_4bit`.
-    #[inline]
-    pub fn value(&self, code: &[f32; 16], scales: &[f32], j: usize) -> f32 {
-        let byte = self.packed[j / 2];
-        let q = if j % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-        self.dtype
-            .round(code[q as usize] * scales[j / self.blocksize])
+    /// Every weight, row-major, as f32 values of the stored dtype:
+    /// `w_j = code[q_j] · scale[j / blocksize]` in f32, rounded to the stored
+    /// dtype — bitwise `dequantize_4bit`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.dequantize_with(|x| x)
     }
 
-    /// Every weight, row-major, as f32 values of the stored dtype.
-    pub fn dequantize(&self) -> Vec<f32> {
+    /// [`Quant4::dequantize`] with `then` applied to each value (the
+    /// products round to bf16 there), block by block in parallel: the
+    /// nibbles are read in order, one scale per block.
+    pub fn dequantize_with(&self, then: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
         use rayon::prelude::*;
         let (code, scales) = (self.quant_type.code(), self.absmax.decode());
-        (0..self.numel())
-            .into_par_iter()
-            .map(|j| self.value(&code, &scales, j))
-            .collect()
+        let n = self.numel();
+        let mut out = vec![0f32; n];
+        let bs = self.blocksize;
+        out.par_chunks_mut(bs).enumerate().for_each(|(b, chunk)| {
+            let scale = scales[b];
+            let bytes = &self.packed[b * bs / 2..];
+            for (k, o) in chunk.iter_mut().enumerate() {
+                let byte = bytes[k / 2];
+                let q = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                *o = then(self.dtype.round(code[q as usize] * scale));
+            }
+        });
+        out
     }
 }
 

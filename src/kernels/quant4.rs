@@ -69,24 +69,18 @@ pub(super) fn product(a: FlexTensor, w: &Quant4, bf16: bool, transposed: bool) -
         "quant4 product: width mismatch"
     );
     let a_values = contiguous_f32(&a);
-    let (code, scales) = (w.quant_type.code(), w.absmax.decode());
-    // B[i][j]: the forward product reads Wᵀ, the backward W.
-    let index = |i: usize, j: usize| {
-        if transposed {
-            i * d_in + j
-        } else {
-            j * d_in + i
-        }
-    };
+    // The layer decoded in order (bf16-rounded for bf16 products), then read
+    // as the product needs it; dropped when the product returns.
+    let decoded = w.dequantize_with(|x| if bf16 { round_bf16(x) } else { x });
     let out = if bf16 && amx::available() {
-        let b = PackedB::from_fn(k, n, |i, j| w.value(&code, &scales, index(i, j)));
+        // B[i][j]: the forward product reads Wᵀ, the backward W.
+        let b = if transposed {
+            PackedB::from_fn(k, n, |i, j| decoded[i * d_in + j])
+        } else {
+            PackedB::from_fn(k, n, |i, j| decoded[j * d_in + i])
+        };
         amx::matmul(&a_values, m, &b)
     } else {
-        let round = |x: f32| if bf16 { round_bf16(x) } else { x };
-        let decoded: Vec<f32> = (0..d_out * d_in)
-            .into_par_iter()
-            .map(|j| round(w.value(&code, &scales, j)))
-            .collect();
         let rounded;
         let a_op: &[f32] = if bf16 {
             rounded = a_values

@@ -115,6 +115,16 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
             }
         };
         let values = f32_from_le(view.data());
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::field(
+                path,
+                name,
+                format!(
+                    "holds {} at index {i}: expected finite values (did training diverge?)",
+                    values[i]
+                ),
+            ));
+        }
         Ok(Some(Tensor::from_data(
             TensorData::new(values, shape2),
             (device, DType::F32),
@@ -165,7 +175,28 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     }
     let fusion = FusionReading::parse(get("ept.fusion")?)
         .map_err(|e| Error::field(path, "ept.fusion", e.to_string()))?;
-    let multi_space = if get("ept.multi_space")? == "true" {
+    let method = get("ept.method")?;
+    if crate::prompt::Method::parse(method).is_err() {
+        return Err(Error::field(
+            path,
+            "ept.method",
+            format!("`{method}`: expected pt, dept or ept"),
+        ));
+    }
+    let flag = |k: &str| -> Result<bool> {
+        match md.get(k).map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(Error::field(
+                path,
+                k,
+                format!("`{other}`: expected true or false"),
+            )),
+        }
+    };
+    get("ept.multi_space")?;
+    let materialized = flag("ept.materialized")?;
+    let multi_space = if flag("ept.multi_space")? {
         let n = parse_usize("ept.num_experts")?;
         if n == 0 {
             return Err(Error::field(
@@ -202,8 +233,8 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     sp.validate()
         .map_err(|e| Error::data(path, e.to_string()))?;
     let meta = PromptMeta {
-        method: get("ept.method")?.clone(),
-        materialized: md.get("ept.materialized").is_some_and(|v| v == "true"),
+        method: method.clone(),
+        materialized,
         model: md.get("ept.model").cloned().unwrap_or_default(),
         d_model: d,
         l: md.get("ept.l").and_then(|v| v.parse().ok()).unwrap_or(0),

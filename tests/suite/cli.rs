@@ -588,3 +588,90 @@ fn devices_are_listed_and_unusable_ones_are_one_line_errors() {
     assert_eq!(code, 0, "{err}");
     assert!(err.starts_with("ept: info: device: cpu ("), "{err}");
 }
+
+/// A PT prompt checkpoint for the `relu-tied` fixture (d_model 32), written
+/// by hand with `method` and the prompt's values `fill`.
+fn hand_checkpoint(tag: &str, method: &str, fill: f32) -> std::path::PathBuf {
+    let path = temp_dir(tag).join("prompt.safetensors");
+    let values: Vec<u8> = (0..4 * 32)
+        .flat_map(|i| if i == 5 { fill } else { 0.01 * i as f32 }.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 32], &values)
+        .unwrap();
+    let md: std::collections::HashMap<String, String> = [
+        ("ept.format", "1"),
+        ("ept.method", method),
+        ("ept.materialized", "false"),
+        ("ept.fusion", "off"),
+        ("ept.multi_space", "false"),
+        ("ept.lora_scaling", "1"),
+        ("ept.max_len", "0"),
+        ("ept.d_model", "32"),
+        ("ept.model", ""),
+        ("ept.l", "4"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let bytes = safetensors::serialize([("prompt".to_string(), view)], Some(md)).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The three inputs a new user's test found accepted: a zero batch size, an
+/// unknown method in a checkpoint, a checkpoint of NaN. Each is now one line,
+/// exit 2; the same checkpoint with good values evaluates.
+#[test]
+fn zero_batches_unknown_methods_and_nan_prompts_are_refused() {
+    let (d, m) = (data(), model_dir("relu-tied"));
+    let m = m.to_str().unwrap();
+    let e = error_of(&["eval", "--model", m, "--data", &d, "--batch-size", "0"]);
+    assert!(e.contains("--batch-size 0"), "{e}");
+    let e = error_of(&["predict", "--model", m, "--data", &d, "--batch-size", "0"]);
+    assert!(e.contains("--batch-size 0"), "{e}");
+
+    let good = hand_checkpoint("ckpt-good", "pt", 0.5);
+    let (code, out, err) = ept(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        &d,
+        "--prompt",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "a good hand-written checkpoint: {err}");
+    assert!(out.contains("loss"), "{out}");
+
+    let magic = hand_checkpoint("ckpt-magic", "magic", 0.5);
+    let e = error_of(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        &d,
+        "--prompt",
+        magic.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("ept.method") && e.contains("magic") && e.contains("pt, dept or ept"),
+        "{e}"
+    );
+
+    for (tag, bad) in [("ckpt-nan", f32::NAN), ("ckpt-inf", f32::INFINITY)] {
+        let path = hand_checkpoint(tag, "pt", bad);
+        let e = error_of(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            &d,
+            "--prompt",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains("prompt") && e.contains("finite") && e.contains("index 5"),
+            "{tag}: {e}"
+        );
+    }
+}
