@@ -168,3 +168,93 @@ fn training_lowers_the_loss_and_writes_the_run_folder() {
         assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
     }
 }
+
+/// Two identical runs write identical bytes in every file, except the
+/// fields that are timings: `tokens_per_s` in metrics.jsonl, `wall_seconds`
+/// and `steps_per_second` in results.json (removed before comparing).
+#[test]
+fn identical_runs_write_identical_bytes() {
+    let run = |tag: &str| {
+        let runs = temp_dir(tag);
+        let out = train(&[
+            "--task",
+            "toy-sst2",
+            "--method",
+            "ept",
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--name",
+            "same",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runs.join("same")
+    };
+    let (a, b) = (run("bytes-a"), run("bytes-b"));
+    let mut files = Vec::new();
+    let mut stack = vec![a.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p.strip_prefix(&a).unwrap().to_path_buf())
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 12, "{files:?}");
+    let timings = ["tokens_per_s", "wall_seconds", "steps_per_second"];
+    let without_timings = |text: &str| -> Vec<serde_json::Value> {
+        let strip = |mut v: serde_json::Value| {
+            if let Some(o) = v.as_object_mut() {
+                for t in timings {
+                    o.remove(t);
+                }
+            }
+            v
+        };
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => vec![strip(v)],
+            Err(_) => text
+                .lines()
+                .map(|l| strip(serde_json::from_str(l).unwrap()))
+                .collect(),
+        }
+    };
+    for f in &files {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        let name = f.to_string_lossy();
+        if name == "metrics.jsonl" || name == "results.json" {
+            let (x, y) = (String::from_utf8(x).unwrap(), String::from_utf8(y).unwrap());
+            assert_eq!(
+                without_timings(&x),
+                without_timings(&y),
+                "{name} beyond its timings"
+            );
+        } else if name == "args.json" || name == "run.toml" {
+            // They name the runs folder, which differs between the two runs.
+            let (x, y) = (String::from_utf8(x).unwrap(), String::from_utf8(y).unwrap());
+            let (ra, rb) = (
+                a.parent().unwrap().display().to_string(),
+                b.parent().unwrap().display().to_string(),
+            );
+            assert_eq!(x.replace(&ra, "RUNS"), y.replace(&rb, "RUNS"), "{name}");
+        } else {
+            assert!(x == y, "{name}: the bytes differ");
+        }
+    }
+}
