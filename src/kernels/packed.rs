@@ -76,6 +76,43 @@ impl PackedB {
         }
     }
 
+    /// Packs bf16 values given as bits, `B[i][j] = bits(i, j)`: [`PackedB::from_fn`]
+    /// for values already rounded, walking the tile order without a division
+    /// per element (the 4-bit products pack a layer on every call).
+    pub fn from_bf16_bits(k: usize, n: usize, bits: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+        let (k_pad, n_pad) = (k.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK);
+        let k_blocks = k_pad / TILE_K;
+        let block_len = TILE_ROWS * TILE_K;
+        let mut data = vec![0u16; k_pad * n_pad];
+        data.par_chunks_mut(k_blocks * block_len)
+            .enumerate()
+            .for_each(|(nb, chunk)| {
+                let cols = (n.saturating_sub(nb * TILE_ROWS)).min(TILE_ROWS);
+                for (kb, block) in chunk.chunks_mut(block_len).enumerate() {
+                    for r in 0..TILE_K / 2 {
+                        let i = kb * TILE_K + 2 * r;
+                        let row = &mut block[r * TILE_K..(r + 1) * TILE_K];
+                        for c in 0..cols {
+                            let j = nb * TILE_ROWS + c;
+                            if i < k {
+                                row[2 * c] = bits(i, j);
+                            }
+                            if i + 1 < k {
+                                row[2 * c + 1] = bits(i + 1, j);
+                            }
+                        }
+                    }
+                }
+            });
+        PackedB {
+            k,
+            n,
+            k_pad,
+            n_pad,
+            data,
+        }
+    }
+
     /// Columns of `B`: the width of the result.
     pub fn n(&self) -> usize {
         self.n
@@ -134,6 +171,16 @@ impl PackedLinear {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    #[test]
+    fn packing_bits_is_packing_values() {
+        let (k, n) = (70, 37);
+        let mut rng = Rng::new(2);
+        let w: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+        let a = PackedB::from_fn(k, n, |i, j| w[i * n + j]);
+        let b = PackedB::from_bf16_bits(k, n, |i, j| to_bf16(w[i * n + j]));
+        assert_eq!(a.data, b.data);
+    }
 
     #[test]
     fn packing_keeps_every_element_rounded_to_bf16() {

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::common::{contiguous_f32, flex_f32, flex_tensor};
 use super::linear::LinearOps;
-use super::packed::{PackedB, round_bf16};
+use super::packed::{PackedB, round_bf16, to_bf16};
 use super::{amx, matmul};
 use crate::io::bnb4::Quant4;
 
@@ -71,16 +71,17 @@ pub(super) fn product(a: FlexTensor, w: &Quant4, bf16: bool, transposed: bool) -
     let a_values = contiguous_f32(&a);
     // The layer decoded in order (bf16-rounded for bf16 products), then read
     // as the product needs it; dropped when the product returns.
-    let decoded = w.dequantize_with(|x| if bf16 { round_bf16(x) } else { x });
     let out = if bf16 && amx::available() {
+        let bits = bf16_bits(w);
         // B[i][j]: the forward product reads Wᵀ, the backward W.
         let b = if transposed {
-            PackedB::from_fn(k, n, |i, j| decoded[i * d_in + j])
+            PackedB::from_bf16_bits(k, n, |i, j| bits[i * d_in + j])
         } else {
-            PackedB::from_fn(k, n, |i, j| decoded[j * d_in + i])
+            PackedB::from_bf16_bits(k, n, |i, j| bits[j * d_in + i])
         };
         amx::matmul(&a_values, m, &b)
     } else {
+        let decoded = w.dequantize_with(|x| if bf16 { round_bf16(x) } else { x });
         let rounded;
         let a_op: &[f32] = if bf16 {
             rounded = a_values
@@ -98,6 +99,28 @@ pub(super) fn product(a: FlexTensor, w: &Quant4, bf16: bool, transposed: bool) -
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = n;
     flex_tensor(out, Shape::from(out_dims))
+}
+
+/// Every weight of `w`, row-major, as the bits of its bf16 value (decoded
+/// to the stored dtype, then rounded to bf16, as bitsandbytes' bf16 compute):
+/// per block of `blocksize`, its 16 possible values once, then one lookup
+/// per weight.
+fn bf16_bits(w: &Quant4) -> Vec<u16> {
+    let (code, scales) = (w.quant_type.code(), w.absmax.decode());
+    let bs = w.blocksize;
+    let mut out = vec![0u16; w.numel()];
+    out.par_chunks_mut(bs).enumerate().for_each(|(b, chunk)| {
+        let table: [u16; 16] =
+            std::array::from_fn(|q| to_bf16(w.dtype.round(code[q] * scales[b])));
+        let bytes = &w.packed[b * bs / 2..];
+        for (pair, byte) in chunk.chunks_mut(2).zip(bytes) {
+            pair[0] = table[(byte >> 4) as usize];
+            if let Some(second) = pair.get_mut(1) {
+                *second = table[(byte & 0x0f) as usize];
+            }
+        }
+    });
+    out
 }
 
 /// The backward step of [`LinearOps::quant4_linear`] under autodiff: keeps
