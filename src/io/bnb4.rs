@@ -565,16 +565,16 @@ fn multi_row_sum<const L: usize, const N: usize>(
     let mut i = 0;
     while i + level_step <= size {
         for _ in 0..level_step {
-            for k in 0..N {
-                add(&mut acc[0][k], item(i, k));
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                add(a, item(i, k));
             }
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..N {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], lower);
-                acc[j - 1][k] = zero;
+            let (low, high) = acc.split_at_mut(j);
+            for (lo, hi) in low[j - 1].iter_mut().zip(high[0].iter_mut()) {
+                add(hi, *lo);
+                *lo = zero;
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
@@ -582,15 +582,15 @@ fn multi_row_sum<const L: usize, const N: usize>(
         }
     }
     while i < size {
-        for k in 0..N {
-            add(&mut acc[0][k], item(i, k));
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            add(a, item(i, k));
         }
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..N {
-            let upper = acc[j][k];
-            add(&mut acc[0][k], upper);
+    let (first, rest) = acc.split_at_mut(1);
+    for upper in rest.iter() {
+        for (a, u) in first[0].iter_mut().zip(upper) {
+            add(a, *u);
         }
     }
     acc[0]
@@ -780,7 +780,7 @@ impl Quant4 {
                 found: json.shape,
             });
         }
-        if json.blocksize == 0 || json.blocksize % 2 != 0 {
+        if json.blocksize == 0 || !json.blocksize.is_multiple_of(2) {
             return Err(bad(
                 "blocksize",
                 format!("{}: expected an even number > 0", json.blocksize),

@@ -110,8 +110,7 @@ fn bf16_bits(w: &Quant4) -> Vec<u16> {
     let bs = w.blocksize;
     let mut out = vec![0u16; w.numel()];
     out.par_chunks_mut(bs).enumerate().for_each(|(b, chunk)| {
-        let table: [u16; 16] =
-            std::array::from_fn(|q| to_bf16(w.dtype.round(code[q] * scales[b])));
+        let table: [u16; 16] = std::array::from_fn(|q| to_bf16(w.dtype.round(code[q] * scales[b])));
         let bytes = &w.packed[b * bs / 2..];
         for (pair, byte) in chunk.chunks_mut(2).zip(bytes) {
             pair[0] = table[(byte >> 4) as usize];
