@@ -300,6 +300,9 @@ impl BenchSettings {
     }
 }
 
+/// Bytes in a MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// Timings and memory of one workload. Times in seconds, memory in MiB.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
@@ -346,6 +349,10 @@ pub struct BenchReport {
     pub setup_peak_rss_mib: f64,
     /// Process peak resident memory (VmHWM) at the end: the whole run's peak.
     pub peak_rss_mib: f64,
+    /// What `ept inspect` estimates for this step ([`crate::model::memory`]),
+    /// in bytes; the activations compare with `peak_rss_mib - setup_peak_rss_mib`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_step: Option<crate::model::memory::StepMemory>,
     /// Loss and gradient norm of the last step (sanity: both finite, norm > 0).
     pub loss: f64,
     pub grad_norm: f64,
@@ -576,6 +583,22 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         Workload::Prompt { model, .. } => (model.num_parameters(), model.weight_memory()),
         Workload::Inputs { model, .. } => (model.num_parameters(), model.weight_memory()),
     };
+    let estimated_step = match &workload {
+        Workload::Prompt { model, .. } => {
+            let shape = crate::model::memory::StepShape {
+                batch: settings.batch,
+                prompt_len: prompt_rows,
+                source_len: settings.len,
+                target_len: examples
+                    .iter()
+                    .map(|e| e.label_ids.len())
+                    .max()
+                    .unwrap_or(0),
+            };
+            Some(model.step_memory(&shape, trainable_params))
+        }
+        Workload::Inputs { .. } => None,
+    };
     let setup_peak_rss_mib = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
 
     for _ in 0..settings.warmup {
@@ -621,6 +644,7 @@ pub fn run(settings: &BenchSettings, allocator: &str) -> Result<BenchReport> {
         start_rss_mib,
         setup_peak_rss_mib,
         peak_rss_mib: proc_status_mib("VmHWM:").unwrap_or(f64::NAN),
+        estimated_step,
         loss: last.loss,
         grad_norm: last.grad_norm,
     })
@@ -717,6 +741,16 @@ impl BenchReport {
                 self.peak_rss_mib, self.setup_peak_rss_mib, self.start_rss_mib
             ),
         );
+        if let Some(e) = &self.estimated_step {
+            row(
+                "step memory",
+                format!(
+                    "{:.0} MiB measured above set-up; estimated {:.0} MiB activations (ept inspect)",
+                    self.peak_rss_mib - self.setup_peak_rss_mib,
+                    e.activations as f64 / MIB
+                ),
+            );
+        }
         row(
             "last step",
             format!(

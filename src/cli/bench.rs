@@ -14,28 +14,28 @@ pub struct BenchArgs {
     shape: String,
     /// Examples per batch (default 16 for t5-small, 8 for t5-base and smollm2-135m,
     /// 4 for tinyllama-1.1b, 2 for llama2-7b).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     batch: Option<usize>,
     /// Input length in tokens, also EPT's m (default 128 for t5-small, 256 for t5-base).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     len: Option<usize>,
     /// pt (l rows), ept (s rows + A·B + fusion + experts) or none (gradient w.r.t. the input embeddings).
     #[arg(long, default_value = "pt")]
     method: String,
     /// PT's prompt length; EPT's budget l.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 100)]
     l: usize,
     /// EPT's short prompt length.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 60)]
     s: usize,
     /// EPT's rank.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 30)]
     r: usize,
     /// EPT's number of experts (spaces).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 4)]
     num_experts: usize,
     /// Measured steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 5)]
     steps: usize,
     /// Unmeasured steps before them.
     #[arg(long, default_value_t = 2)]
@@ -60,14 +60,14 @@ pub struct BenchArgs {
     #[arg(long)]
     task: Option<String>,
     /// Task level: examples in the epoch.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 512)]
     examples: usize,
     /// Task level: pad every input to this length (DePT's pipeline); 0 = length buckets,
     /// each batch padded to its longest input (`ept train`'s way).
     #[arg(long, default_value_t = 0)]
     pad_to: usize,
     /// Task level: the prompt's learning rate (constant).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate, default_value_t = 0.3)]
     lr: f64,
     /// Task level: write the model, examples and initial prompt here, for
     /// `scripts/bench_pytorch.py --task-dir`.
@@ -78,7 +78,7 @@ pub struct BenchArgs {
     #[arg(long)]
     eval: Option<String>,
     /// Task level, --eval generate: the most tokens generated per example.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 20)]
     max_new_tokens: usize,
     /// Burn's plain tensor operations instead of the fused CPU kernels
     /// (RMS norm, attention softmax): to measure what the kernels buy.

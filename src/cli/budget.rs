@@ -16,16 +16,16 @@ pub struct BudgetArgs {
     #[arg(long, allow_negative_numbers = true)]
     r: Option<i64>,
     /// Maximum input length (rows of A).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 256)]
     m: usize,
     /// Model width; or give --model to read it from config.json.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     d: Option<usize>,
     /// A model whose d_model is used.
     #[arg(long)]
     model: Option<String>,
     /// Number of spaces (experts), for the auxiliary count.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 4)]
     num_experts: usize,
     #[arg(long)]
     json: bool,

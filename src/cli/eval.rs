@@ -31,13 +31,13 @@ pub struct EvalArgs {
     #[arg(long)]
     prompt: Option<PathBuf>,
     /// Examples per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 16)]
     batch_size: usize,
     /// Truncate sources to this many tokens (`</s>` included); a prompt's m applies anyway.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     max_source_len: Option<usize>,
     /// Evaluate only the first N examples.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     limit: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -56,11 +56,6 @@ pub fn load_prompt(
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        return Err(ept::Error::invalid(
-            "--batch-size 0: expected a positive number of examples",
-        ));
-    }
     let split: ept::data::splits::Split = args.split.parse()?;
     let toy = match &args.task {
         Some(name) => ept::organism::builtin_split(name, split)?,

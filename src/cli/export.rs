@@ -21,7 +21,7 @@ pub struct ExportArgs {
     #[arg(long)]
     model: Option<String>,
     /// DePT's lora_alpha (it scales A·B by alpha/√r at run time).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate, default_value_t = 8.0)]
     lora_alpha: f64,
 }
 

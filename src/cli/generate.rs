@@ -14,7 +14,7 @@ pub struct GenerateArgs {
     /// The input text.
     #[arg(long)]
     text: String,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 20)]
     max_new_tokens: usize,
 }
 

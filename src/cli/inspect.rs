@@ -2,6 +2,7 @@
 
 use clap::Args;
 use ept::Result;
+use ept::model::memory::StepShape;
 
 use super::{DeviceArgs, ModelArgs};
 
@@ -28,6 +29,18 @@ pub struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Estimate the memory of a training step of this many examples (with --len).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
+    batch: Option<usize>,
+    /// Input tokens per example for the step estimate [default: 256].
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
+    len: Option<usize>,
+    /// Prompt rows for the step estimate (PT's l, EPT's s) [default: 100].
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
+    prompt_len: Option<usize>,
+    /// Target tokens per example for the step estimate [default: 8].
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
+    target_len: Option<usize>,
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
@@ -85,6 +98,36 @@ pub fn run(args: InspectArgs) -> Result<()> {
         ("files", serde_json::json!(b.files)),
     ] {
         info.insert(k.into(), v);
+    }
+    if args.batch.is_some() || args.len.is_some() {
+        let shape = StepShape {
+            batch: args.batch.unwrap_or(8),
+            prompt_len: args.prompt_len.unwrap_or(100),
+            source_len: args.len.unwrap_or(256),
+            target_len: args.target_len.unwrap_or(8),
+        };
+        // The prompt's own numbers: l·d (PT); EPT's are fewer at the same budget.
+        let step = m.step_memory(&shape, shape.prompt_len * m.hidden_size());
+        let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0));
+        let text = format!(
+            "{} = weights {} + activations {} + decoded 4-bit layer {} + prompt and AdamW {} \
+             (batch {} × {} tokens, prompt {}, target {}; an estimate, docs/BENCHMARKS.md)",
+            mib(step.total()),
+            mib(step.weights),
+            mib(step.activations),
+            mib(step.decoded_layer),
+            mib(step.trainable),
+            shape.batch,
+            shape.source_len,
+            shape.prompt_len,
+            shape.target_len,
+        );
+        let value = if args.json {
+            serde_json::json!({"shape": shape, "bytes": step, "total_bytes": step.total()})
+        } else {
+            text.into()
+        };
+        info.insert("training_step_memory".into(), value);
     }
     let info = serde_json::Value::Object(info);
     if args.json {

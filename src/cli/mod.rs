@@ -2,6 +2,7 @@
 
 mod bench;
 mod budget;
+mod checks;
 mod eval;
 mod export;
 mod generate;
@@ -115,11 +116,10 @@ impl DeviceArgs {
 }
 
 pub fn run() -> Result<()> {
-    // Help and version go to stdout with success; usage errors print clap's message.
     let matches = Cli::command()
         .try_get_matches()
-        .unwrap_or_else(|e| e.exit());
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        .unwrap_or_else(|e| exit_on(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_on(e));
     match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
@@ -138,5 +138,20 @@ pub fn run() -> Result<()> {
         Command::Pretrain(a) => pretrain::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Sweep(a) => sweep::run(a),
+    }
+}
+
+/// Help and version go to stdout with success, as clap prints them; a usage
+/// error is one line, `ept: ...`, exit 2, like every other error.
+fn exit_on(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            eprintln!("ept: {}", checks::one_line(&e));
+            std::process::exit(2)
+        }
     }
 }

@@ -34,7 +34,7 @@ pub struct PredictArgs {
     /// generate (greedy) or rank (label ranking; needs --task).
     #[arg(long, default_value = "generate")]
     scoring: String,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 16)]
     batch_size: usize,
     /// Write here instead of standard output.
     #[arg(long)]
@@ -42,11 +42,6 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        return Err(ept::Error::invalid(
-            "--batch-size 0: expected a positive number of examples",
-        ));
-    }
     let task = args.task.as_deref().map(Task::parse).transpose()?;
     let examples: Vec<Example> = match (&args.input, task, &args.data) {
         (Some(text), _, _) => vec![Example {

@@ -24,24 +24,24 @@ pub struct PretrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Optimiser steps.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<u64>)]
     steps: Option<u64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate)]
     lr: Option<f64>,
     /// Model width (d_model, hidden_size); T5's d_ff is twice it and Llama's
     /// intermediate_size three times, a head's width is it over the heads.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     d_model: Option<usize>,
     /// Layers (T5: encoder and decoder layers each).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     layers: Option<usize>,
     /// Share of each batch drawn from the supervised auxiliary tasks (0 to 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::fraction)]
     supervised_fraction: Option<f64>,
     /// Score the held-out documents and auxiliary tasks every N steps.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<u64>)]
     eval_every: Option<u64>,
     /// Log every N steps to stderr (0: only the evaluations).
     #[arg(long, default_value_t = 50)]

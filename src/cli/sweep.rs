@@ -1,19 +1,24 @@
-//! `ept sweep`: run a grid of `ept train` settings one after another,
-//! resumably, and summarise them as a Markdown table (mean ± std over seeds)
-//! and the paper's figures.
+//! `ept sweep`: run a grid of `ept train` settings, resumably, and summarise
+//! them as a Markdown table (mean ± std over seeds) and the paper's figures.
+//!
+//! Runs go one after another, or one per device at once (`--devices`); a
+//! grid can be cut into disjoint slices for several machines (`--shard i/N`)
+//! whose finished runs `--collect` summarises.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use clap::Args;
 use ept::error::{Error, write_atomic};
 use ept::train::plots::{PanelSpec, plot_heatmap, plot_panels};
 use ept::train::run::RunResult;
 use ept::train::sweep::{
-    Curve, Record, Summary, expand, markdown, run_name, series_over, show, summarise,
+    Combo, Curve, MAX_RUNS, Record, Shard, Summary, expand, markdown, run_name, series_over, show,
+    summarise,
 };
 use ept::{Result, prompt::checkpoint};
 
-use super::train::{apply_table, defaults, execute, read_toml};
+use super::train::{TrainArgs, apply_table, defaults, execute, read_toml};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -29,6 +34,19 @@ pub struct SweepArgs {
     /// The device every run trains on (overrides `device` in `[base]`); see `ept train --device`.
     #[command(flatten)]
     device: super::DeviceArgs,
+    /// Run grid points at once, one per device: `cuda:0,cuda:1,...` (a device may be named
+    /// twice to run two runs on it).
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    devices: Vec<String>,
+    /// Run only the I-th of N disjoint slices of the grid (I from 1): every N-th run from the
+    /// I-th. N machines, or the jobs of a cluster array, cover the sweep; `--collect` then
+    /// writes the summary. Without it, all runs.
+    #[arg(long, value_parser = |s: &str| Shard::parse(s).map_err(|e| e.to_string()))]
+    shard: Option<Shard>,
+    /// Train nothing: summarise the runs the shards finished (results.md, figures). Every run
+    /// of the grid must be finished.
+    #[arg(long, conflicts_with_all = ["shard", "devices"])]
+    collect: bool,
 }
 
 /// The keys a sweep file may hold at its top level.
@@ -68,7 +86,13 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs"))
         .join(&name);
-    let combos = expand(&grid);
+    let combos = expand(&grid).ok_or_else(|| {
+        Error::field(
+            &args.config,
+            "grid",
+            format!("its lists multiply to more than {MAX_RUNS} runs"),
+        )
+    })?;
     // Check every run's settings before the first one trains.
     let mut planned = Vec::with_capacity(combos.len());
     for combo in &combos {
@@ -82,30 +106,63 @@ pub fn run(args: SweepArgs) -> Result<()> {
         // A run folder without results is an interrupted run: resumed if it has
         // a checkpoint, else started again.
         run_args.place(&dir, run.clone(), !args.verbose, true);
-        planned.push((combo, run, run_args));
+        planned.push(Planned {
+            combo,
+            run,
+            args: run_args,
+        });
+    }
+    if args.collect {
+        let missing: Vec<&str> = planned
+            .iter()
+            .filter(|p| !dir.join(&p.run).join("results.json").is_file())
+            .map(|p| p.run.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: {} of {} runs are not finished ({}); run the shards that hold them",
+                dir.display(),
+                missing.len(),
+                planned.len(),
+                missing.join(" "),
+            )));
+        }
+    } else {
+        let mine: Vec<(usize, &Planned)> = planned
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| args.shard.is_none_or(|s| s.holds(*i)))
+            .collect();
+        let devices: Vec<Option<String>> = if args.devices.is_empty() {
+            vec![None]
+        } else {
+            args.devices.iter().cloned().map(Some).collect()
+        };
+        run_all(&mine, &devices, &dir, planned.len())?;
+        if let Some(s) = args.shard {
+            eprintln!(
+                "shard {}/{}: its {} runs are finished; `ept sweep {} --collect` summarises the \
+                 sweep once every shard is",
+                s.index,
+                s.count,
+                mine.len(),
+                args.config.display()
+            );
+            return Ok(());
+        }
     }
     let mut records = Vec::with_capacity(planned.len());
     let mut metrics: Vec<String> = Vec::new();
-    for (i, (combo, run, run_args)) in planned.into_iter().enumerate() {
-        let run_dir = dir.join(&run);
-        let results = run_dir.join("results.json");
-        let result: RunResult = if results.is_file() {
-            eprintln!("[{}/{}] {run}: done before, skipped", i + 1, combos.len());
-            read_json(&results)?
-        } else if run_dir.join("last").join("state.json").is_file() {
-            eprintln!("[{}/{}] {run}: resuming", i + 1, combos.len());
-            execute(run_args, Some(run_dir.clone()))?.1
-        } else {
-            eprintln!("[{}/{}] {run}", i + 1, combos.len());
-            execute(run_args, None)?.1
-        };
+    for p in &planned {
+        let run_dir = dir.join(&p.run);
+        let result: RunResult = read_json(&run_dir.join("results.json"))?;
         if let Some(m) = saved_task(&run_dir)
             && !metrics.contains(&m)
         {
             metrics.push(m);
         }
         records.push(Record {
-            settings: combo.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
+            settings: p.combo.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
             validation: result.validation.selection,
             test: result.test.as_ref().map(|t| t.selection),
             wall_seconds: result.wall_seconds,
@@ -137,6 +194,66 @@ pub fn run(args: SweepArgs) -> Result<()> {
         println!("written: {}", f.display());
     }
     Ok(())
+}
+
+/// One run of the grid, its settings checked.
+struct Planned<'a> {
+    combo: &'a Combo,
+    run: String,
+    args: TrainArgs,
+}
+
+/// Trains the `runs` (position in the grid, plan) not finished yet: one at a
+/// time on each of `devices` (`None`: the run's own setting), taking the next
+/// from a shared queue. A failed run stops the others from starting new ones;
+/// the first error is returned.
+fn run_all(
+    runs: &[(usize, &Planned)],
+    devices: &[Option<String>],
+    dir: &Path,
+    total: usize,
+) -> Result<()> {
+    let queue = Mutex::new(runs.iter());
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let worker = |device: &Option<String>| loop {
+        if failure.lock().expect("no panics hold it").is_some() {
+            return;
+        }
+        let Some(&(i, p)) = queue.lock().expect("no panics hold it").next() else {
+            return;
+        };
+        let mut run_args = p.args.clone();
+        if device.is_some() {
+            run_args.device = device.clone();
+        }
+        let run_dir = dir.join(&p.run);
+        let at = match device {
+            Some(d) => format!(" on {d}"),
+            None => String::new(),
+        };
+        let outcome = if run_dir.join("results.json").is_file() {
+            eprintln!("[{}/{total}] {}: done before, skipped", i + 1, p.run);
+            Ok(())
+        } else if run_dir.join("last").join("state.json").is_file() {
+            eprintln!("[{}/{total}] {}: resuming{at}", i + 1, p.run);
+            execute(run_args, Some(run_dir)).map(drop)
+        } else {
+            eprintln!("[{}/{total}] {}{at}", i + 1, p.run);
+            execute(run_args, None).map(drop)
+        };
+        if let Err(e) = outcome {
+            failure.lock().expect("no panics hold it").get_or_insert(e);
+        }
+    };
+    std::thread::scope(|scope| {
+        for device in devices {
+            scope.spawn(|| worker(device));
+        }
+    });
+    match failure.into_inner().expect("no panics hold it") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

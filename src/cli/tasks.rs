@@ -36,7 +36,7 @@ struct ShowArgs {
     #[arg(long, default_value = "validation")]
     split: String,
     /// Print at most this many rows.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     limit: Option<usize>,
     /// One {"source","target"} JSON object per line, nothing else.
     #[arg(long)]

@@ -10,8 +10,9 @@ use ept::data::splits::Split;
 use ept::data::{Purpose, Task, load_split, load_user_file};
 use ept::evaluate::Scoring;
 use ept::prompt::{FusionReading, Method, PromptConfig, PromptInit};
+use ept::train::lock::RunLock;
 use ept::train::presets::{closest, preset};
-use ept::train::run::{RunData, RunResult, TrainConfig, run_dir, train};
+use ept::train::run::{RunData, RunResult, TrainConfig, run_dir, train_on};
 use ept::train::schedule::Schedule;
 use ept::{Error, Result};
 
@@ -49,6 +50,12 @@ pub struct TrainArgs {
     /// cpu, cuda[:N], vulkan[:N] or cubecl-cpu; `ept inspect --devices` lists them [default: auto].
     #[arg(long)]
     pub device: Option<String>,
+    /// Data parallel: every batch shared out equally among these devices (`cuda:0,cuda:1`;
+    /// `cpu,cpu` runs the same code on the CPU), each with its own copy of the frozen model;
+    /// the first holds the prompt and the optimiser. The results are the single device's.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// A GLUE/SuperGLUE/SQuAD task (its splits and metrics; data from --data or the HF caches),
     /// or a built-in toy task of the organism: toy-sst2, toy-mnli, toy-qqp, toy-stsb.
     #[arg(long)]
@@ -64,13 +71,13 @@ pub struct TrainArgs {
     #[arg(long)]
     test_file: Option<PathBuf>,
     /// Few-shot: k training examples per class (k in all for regression and QA), seeded by --seed.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     few_shot: Option<usize>,
     /// Use only the first N training examples.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     train_limit: Option<usize>,
     /// Use only the first N validation / test examples.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     eval_limit: Option<usize>,
     /// The paper's settings for a task: dept/TASK or ept/TASK (flags override them).
     #[arg(long)]
@@ -82,7 +89,7 @@ pub struct TrainArgs {
     #[arg(long)]
     method: Option<String>,
     /// Long prompt length l (the budget).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 100)]
     l: usize,
     /// Short prompt length s (default 60, or solved from --r).
     #[arg(long)]
@@ -91,10 +98,10 @@ pub struct TrainArgs {
     #[arg(long)]
     r: Option<usize>,
     /// Maximum input length m (rows of A·B) [default: 256].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     m: Option<usize>,
     /// Number of spaces N_e.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 4)]
     num_experts: usize,
     /// Fusion reading: off, literal, prompt-softmax, cross-attention.
     #[arg(long, default_value = "cross-attention")]
@@ -109,15 +116,15 @@ pub struct TrainArgs {
     #[arg(long, default_value = "vocab")]
     init: String,
     /// Learning rate of the prompt [default: 0.3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate)]
     lr_prompt: Option<f64>,
     /// Learning rate of A and B [default: 1e-4].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate)]
     lr_low_rank: Option<f64>,
     /// Learning rate of the experts and gate (default: the prompt's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::rate)]
     lr_aux: Option<f64>,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::non_negative, default_value_t = 0.0)]
     weight_decay: f64,
     /// linear, constant or cosine (after warm-up).
     #[arg(long, default_value = "linear")]
@@ -125,20 +132,20 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 500)]
     warmup_steps: u64,
     /// Training steps [default: 30000].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<u64>)]
     max_steps: Option<u64>,
     /// Examples per batch [default: 16].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     batch_size: Option<usize>,
     /// Batches per optimiser step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>, default_value_t = 1)]
     #[serde(default = "one")]
     grad_accum: usize,
     /// Token budget per batch instead of a fixed example count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::count::<usize>)]
     max_batch_tokens: Option<usize>,
     /// Gradient-norm clipping (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::checks::non_negative, default_value_t = 1.0)]
     max_grad_norm: f64,
     #[arg(long, default_value_t = 1000)]
     eval_every: u64,
@@ -277,12 +284,23 @@ fn prompt_config(args: &TrainArgs) -> Result<PromptConfig> {
 /// The flags of the run in `dir`, as it saved them.
 fn saved_args(dir: &std::path::Path) -> Result<TrainArgs> {
     let path = dir.join("args.json");
-    let text = ept::error::read_to_string(&path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path,
-        line: Some(e.line()),
-        msg: e.to_string(),
-    })
+    let value: serde_json::Value =
+        ept::error::parse_json(&path, &ept::error::read_to_string(&path)?)?;
+    // A hand-edited args.json obeys the flags' rules too.
+    if let Some(fields) = value.as_object() {
+        let cmd = flags();
+        for (key, v) in fields {
+            if v.is_number() {
+                super::checks::check_setting(&cmd, &path, key, &v.to_string())?;
+            }
+        }
+    }
+    ept::error::from_json_value(&path, value)
+}
+
+/// The flags of `ept train`, with their value parsers.
+fn flags() -> clap::Command {
+    TrainArgs::augment_args(clap::Command::new("train"))
 }
 
 fn one() -> usize {
@@ -313,14 +331,16 @@ pub fn read_toml(path: &Path) -> Result<toml::Table> {
 
 /// The settings of `ept train` with nothing given: every flag at its default.
 pub fn defaults() -> TrainArgs {
-    let cmd = TrainArgs::augment_args(clap::Command::new("train"));
-    let matches = cmd.try_get_matches_from(["train"]).expect("no flags parse");
+    let matches = flags()
+        .try_get_matches_from(["train"])
+        .expect("no flags parse");
     TrainArgs::from_arg_matches(&matches).expect("defaults are valid")
 }
 
 /// Sets the flags named by `table`'s keys (`lr_prompt` or `lr-prompt`), except
-/// those given on the command line (`matches`). Unknown keys and values of the
-/// wrong type are errors naming `origin`, the key and, for a typo, the closest key.
+/// those given on the command line (`matches`). Unknown keys, values of the
+/// wrong type and numbers outside their flag's range are errors naming `origin`,
+/// the key and, for a typo, the closest key.
 pub fn apply_table(
     args: TrainArgs,
     table: toml::Table,
@@ -328,6 +348,7 @@ pub fn apply_table(
     matches: Option<&ArgMatches>,
 ) -> Result<TrainArgs> {
     let mut value = serde_json::to_value(&args).expect("flags serialise");
+    let cmd = flags();
     let known: Vec<String> = value
         .as_object()
         .expect("flags serialise to an object")
@@ -344,6 +365,10 @@ pub fn apply_table(
         }
         if matches.and_then(|m| m.value_source(&field)) == Some(ValueSource::CommandLine) {
             continue;
+        }
+        if v.is_integer() || v.is_float() {
+            // As TOML writes it: `nan` and `inf` stay visible (JSON would make them null).
+            super::checks::check_setting(&cmd, origin, &key, &v.to_string())?;
         }
         let json = serde_json::to_value(&v).expect("TOML values serialise");
         let mut next = value.clone();
@@ -375,9 +400,17 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
             TrainArgs {
                 json: args.json,
                 quiet: args.quiet,
-                // A run may continue on another machine's device.
-                device: args.device.clone().or(saved.device.clone()),
-                ..saved
+                // A run may continue on another machine's devices, and on
+                // another number of them (the state is the same).
+                ..if args.device.is_some() || !args.devices.is_empty() {
+                    TrainArgs {
+                        device: args.device.clone(),
+                        devices: args.devices.clone(),
+                        ..saved
+                    }
+                } else {
+                    saved
+                }
             }
         }
         None => apply_config_file(args, matches)?,
@@ -421,12 +454,22 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
         Some(d) => d.clone(),
         None => run_dir(&name, args.runs_dir.as_deref()),
     };
-    if resume.is_none() && dir.exists() && !args.overwrite {
-        return Err(Error::invalid(format!(
+    let exists_error = |dir: &Path| {
+        Error::invalid(format!(
             "{}: the run folder exists; pass --overwrite to replace it, or --name for another",
             dir.display()
-        )));
+        ))
+    };
+    if resume.is_none() && dir.exists() && !args.overwrite {
+        return Err(exists_error(&dir));
     }
+    // One process per run folder (see `ept::train::lock`): a folder that exists is
+    // locked before anything else, so a second process refuses without touching it.
+    let mut lock = if dir.is_dir() && (resume.is_some() || args.overwrite) {
+        Some(RunLock::acquire(&dir)?)
+    } else {
+        None
+    };
     let data = load_data(&args)?;
     let model = ModelArgs {
         model: args
@@ -437,15 +480,48 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
         dtype: args.dtype.clone(),
         quantize: args.quantize.clone(),
         device: super::DeviceArgs {
-            device: args.device.clone(),
+            device: args.device.clone().or(args.devices.first().cloned()),
         },
     };
-    let backbone = model.load(true)?;
+    // One copy of the frozen model per device (data parallel), the first
+    // holding the prompt; a device is opened before any weight is read.
+    let mut replicas = vec![model.load(true)?];
+    for device in args.devices.iter().skip(1) {
+        let mut on = model.clone();
+        on.device.device = Some(device.clone());
+        replicas.push(on.load(true)?);
+    }
+    let backbone = &replicas[0];
+    // Everything that can be refused is refused before the run folder is written.
+    data.check()?;
+    if resume.is_none()
+        && let Some(path) = &cfg.init_from
+    {
+        ept::train::run::load_init(path, &cfg, backbone)?;
+    }
     if resume.is_none() {
-        if args.overwrite && dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        match &lock {
+            Some(held) => held.empty_folder()?,
+            None => {
+                // A new folder: created here (not if another process made it
+                // meanwhile, unless --overwrite), then locked before any write.
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && args.overwrite => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(exists_error(&dir));
+                    }
+                    Err(e) => return Err(Error::io(&dir, e)),
+                }
+                let held = lock.insert(RunLock::acquire(&dir)?);
+                if args.overwrite {
+                    held.empty_folder()?;
+                }
+            }
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let json = serde_json::to_string_pretty(&args).expect("flags serialise");
         ept::error::write_atomic(dir.join("args.json"), json.as_bytes())?;
         let resolved = toml::to_string(&args)
@@ -494,9 +570,9 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
             log::debug!("{line}");
         }
     };
-    let result = train(
+    let result = train_on(
         &cfg,
-        &backbone,
+        &replicas,
         &data,
         &dir,
         &model.model,
@@ -525,5 +601,7 @@ pub fn execute(args: TrainArgs, resume: Option<PathBuf>) -> Result<(PathBuf, Run
             result.wall_seconds, result.steps_per_second
         );
     }
+    // The lock is released, and its file deleted, only now: every write is done.
+    drop(lock);
     Ok((dir, result))
 }

@@ -428,7 +428,8 @@ static MARKS: &[(u32, u32)] = &[
 /// when span 1 precedes it. A span not found there is left unmarked, as the regex leaves it.
 pub fn wsc_mark(text: &str, span1: &str, index1: usize, span2: &str, index2: usize) -> String {
     let text = mark_span(text, span1, index1, '*');
-    let index2 = index2 + if index1 < index2 { 2 } else { 0 };
+    // Saturating: the indices are a file's, any integer.
+    let index2 = index2.saturating_add(if index1 < index2 { 2 } else { 0 });
     mark_span(&text, span2, index2, '#')
 }
 

@@ -49,6 +49,17 @@ fn d_eos() -> u32 {
 /// The `model_type`s ept reads; T5's config check is where anything else is refused.
 const SUPPORTED: &str = "t5, mt5, llama, mistral or qwen2";
 
+/// The largest dimension (width, heads, vocabulary) a config may give. A
+/// config is a few hundred bytes, yet products of its numbers (`num_heads ×
+/// d_kv`) are computed before any weight is read: below 2^32 each, a product
+/// of two cannot overflow. No released model comes near.
+pub const MAX_DIM: usize = u32::MAX as usize;
+
+/// The most layers a config may give: a table is allocated per layer before
+/// the weights say whether the layers exist (the largest released models
+/// have a few hundred).
+pub const MAX_LAYERS: usize = 4096;
+
 /// transformers' `T5Config`, the fields the forward pass needs.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct T5Config {
@@ -121,11 +132,7 @@ impl T5Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = crate::error::read_to_string(path)?;
-        let cfg: T5Config = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.into(),
-            line: Some(e.line()),
-            msg: e.to_string(),
-        })?;
+        let cfg: T5Config = crate::error::parse_json(path, &text)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -162,6 +169,37 @@ impl T5Config {
         ] {
             if value == 0 {
                 return Err(Error::field(path, field, "must be positive"));
+            }
+        }
+        for (field, value) in [
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            ("vocab_size", self.vocab_size),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+        ] {
+            if value > MAX_DIM {
+                return Err(Error::field(
+                    path,
+                    field,
+                    format!("{value}: expected at most {MAX_DIM}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.decoder_layers()),
+        ] {
+            if value > MAX_LAYERS {
+                return Err(Error::field(
+                    path,
+                    field,
+                    format!("{value}: expected at most {MAX_LAYERS} layers"),
+                ));
             }
         }
         self.feed_forward(path)?;

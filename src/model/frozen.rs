@@ -12,11 +12,12 @@
 use burn::tensor::{Device, Tensor};
 
 use super::batch::TokenizedExample;
+use super::memory::{Activations, StepMemory, StepShape};
 use super::soft::SoftInput;
 use crate::io::weights::FloatType;
 
 /// A frozen language model scored on text pairs.
-pub trait FrozenModel {
+pub trait FrozenModel: Send + Sync {
     /// `"t5"`, `"llama"`, `"mistral"`, `"qwen2"`: for reports, never for dispatch.
     fn architecture(&self) -> &'static str;
 
@@ -45,6 +46,29 @@ pub trait FrozenModel {
 
     /// Whether the output head is the input embedding matrix.
     fn tied_head(&self) -> bool;
+
+    /// What the backward pass of a training step of `shape` keeps (see [`super::memory`]).
+    fn step_activations(&self, shape: &StepShape) -> Activations;
+
+    /// The memory a training step of `shape` needs with `trainable` prompt
+    /// parameters: the weights as held, the kept activations, one decoded
+    /// 4-bit layer, the prompt with its gradient and moments.
+    fn step_memory(&self, shape: &StepShape, trainable: usize) -> StepMemory {
+        let w = self.weight_memory();
+        let a = self.step_activations(shape);
+        // 4 bytes a value in every dtype: in bf16 the norms, softmax and loss
+        // still keep f32 tensors, and a bf16 step was measured above the f32 one.
+        StepMemory {
+            weights: (w.quantized_bytes + w.other_bytes) as u64,
+            activations: a.values * 4,
+            decoded_layer: if w.quantized_parameters > 0 {
+                a.largest_weight * 4
+            } else {
+                0
+            },
+            trainable: trainable as u64 * 16,
+        }
+    }
 
     /// The architecture's own facts for `ept inspect` (sizes, attention and
     /// position-embedding settings), in a stable order.

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::config::{MAX_DIM, MAX_LAYERS};
 use super::layers::{RopeScaling, Rotary};
 use crate::error::{Error, Result};
 
@@ -143,12 +144,7 @@ impl LlamaConfig {
 
     /// From an already parsed `config.json` (`path` names it in errors).
     pub fn from_value(value: &Value, path: &Path) -> Result<Self> {
-        let raw: RawLlamaConfig =
-            serde_json::from_value(value.clone()).map_err(|e| Error::Json {
-                path: path.into(),
-                line: None,
-                msg: e.to_string(),
-            })?;
+        let raw: RawLlamaConfig = crate::error::from_json_value(path, value.clone())?;
         let family = match raw.model_type.as_deref() {
             Some("llama") => Family::Llama,
             Some("mistral") => Family::Mistral,
@@ -174,6 +170,42 @@ impl LlamaConfig {
             if v == 0 {
                 return Err(Error::field(path, field, "must be positive"));
             }
+        }
+        // Checked before the per-layer windows are allocated and `heads ×
+        // head_dim` is computed (see `MAX_DIM`).
+        for (field, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(0)),
+            ("head_dim", raw.head_dim.unwrap_or(0)),
+        ] {
+            if v > MAX_DIM {
+                return Err(Error::field(
+                    path,
+                    field,
+                    format!("{v}: expected at most {MAX_DIM}"),
+                ));
+            }
+        }
+        if raw.num_hidden_layers > MAX_LAYERS {
+            return Err(Error::field(
+                path,
+                "num_hidden_layers",
+                format!(
+                    "{}: expected at most {MAX_LAYERS} layers",
+                    raw.num_hidden_layers
+                ),
+            ));
+        }
+        // The first EOS ends every target: a list must have one.
+        if matches!(&raw.eos_token_id, Some(Ids::Many(ids)) if ids.is_empty()) {
+            return Err(Error::field(
+                path,
+                "eos_token_id",
+                "an empty list: expected an id or a list of ids",
+            ));
         }
         if raw.hidden_act != "silu" {
             return Err(Error::field(

@@ -195,6 +195,10 @@ impl FrozenModel for Llama {
         self.tied_head
     }
 
+    fn step_activations(&self, shape: &super::memory::StepShape) -> super::memory::Activations {
+        super::memory::llama(&self.config, shape)
+    }
+
     fn describe(&self) -> Vec<(&'static str, serde_json::Value)> {
         let c = &self.config;
         let windows: Vec<serde_json::Value> = c.windows.iter().map(|w| (*w).into()).collect();

@@ -14,6 +14,7 @@ pub mod layers;
 pub mod llama;
 pub mod llama_config;
 mod llama_frozen;
+pub mod memory;
 pub mod params;
 pub mod random;
 pub mod save;

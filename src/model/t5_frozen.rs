@@ -86,6 +86,14 @@ impl FrozenModel for T5 {
         self.tied_head
     }
 
+    fn step_activations(&self, shape: &super::memory::StepShape) -> super::memory::Activations {
+        let c = &self.config;
+        let gated = c
+            .feed_forward(std::path::Path::new("config.json"))
+            .is_ok_and(|k| k.gated);
+        super::memory::t5(c, gated, shape)
+    }
+
     fn describe(&self) -> Vec<(&'static str, serde_json::Value)> {
         let c = &self.config;
         // Validated at load: the kind is known.

@@ -24,8 +24,33 @@ impl TextTokenizer {
                 hint: "the model folder needs a tokenizer.json (save it with AutoTokenizer.save_pretrained)".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::data(path, format!("cannot read tokenizer: {e}")))?;
+        let text = crate::error::read_to_string(path)?;
+        // A syntax error is reported here, with its line: inside the
+        // tokenizers crate one in the `decoder` panics (`expect("Helper")`).
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::Json {
+            path: path.into(),
+            line: Some(e.line()),
+            msg: e.to_string(),
+        })?;
+        // Valid JSON of the wrong shape can still reach an `expect` in the
+        // tokenizers crate's deserializers (normalizers' `Precompiled`, ...):
+        // a file must never crash ept, so such a panic is an error too.
+        let parsed = crate::error::catch_library_panic(|| text.parse::<tokenizers::Tokenizer>())
+            .unwrap_or_else(|_| Err("the tokenizers crate panicked on it".into()));
+        let inner = parsed.map_err(|e| Error::data(path, format!("cannot read tokenizer: {e}")))?;
+        // A post-processor template may name a special token its table does
+        // not define: the tokenizers crate then panics on every encode, so
+        // one probe here turns that into an error at load.
+        let probe = crate::error::catch_library_panic(|| {
+            let _ = inner.encode("a", true);
+        });
+        if probe.is_err() {
+            return Err(Error::data(
+                path,
+                "cannot read tokenizer: it fails to encode a test text \
+                 (does its post_processor name a special token it does not define?)",
+            ));
+        }
         Ok(TextTokenizer {
             inner,
             path: path.into(),

@@ -82,6 +82,14 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
         md.get(k)
             .ok_or_else(|| Error::field(path, k, "missing from the metadata (see docs/FORMAT.md)"))
     };
+    // Version 1 is the only one: a file of another version would be misread.
+    if let Some(v) = md.get("ept.format").filter(|v| v.as_str() != "1") {
+        return Err(Error::field(
+            path,
+            "ept.format",
+            format!("`{v}`: expected 1 (docs/FORMAT.md); written by another version of ept?"),
+        ));
+    }
     let parse_usize = |k: &str| -> Result<usize> {
         get(k)?.parse().map_err(|_| {
             Error::field(
@@ -148,7 +156,9 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
     }
     let scaling: f64 = get("ept.lora_scaling")?
         .parse()
-        .map_err(|_| Error::field(path, "ept.lora_scaling", "expected a number"))?;
+        .ok()
+        .filter(|x: &f64| x.is_finite())
+        .ok_or_else(|| Error::field(path, "ept.lora_scaling", "expected a finite number"))?;
     let low_rank = match (tensor("lora_a")?, tensor("lora_b")?) {
         (Some(a), Some(b)) => Some(LowRank { a, b, scaling }),
         (None, None) => None,

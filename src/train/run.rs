@@ -16,7 +16,7 @@ use super::state::{LoopState, load_last, save_last};
 use crate::data::batching::{BatchSize, epoch_batches};
 use crate::data::{Example, Task};
 use crate::error::{Error, Result};
-use crate::evaluate::{Scoring, batch_loss_sums, corpus_loss, predict, tokenize_pairs};
+use crate::evaluate::{Scoring, corpus_loss, predict, tokenize_pairs};
 use crate::model::Backbone;
 use crate::model::batch::TokenizedExample;
 use crate::prompt::checkpoint::{self, PromptMeta};
@@ -134,6 +134,18 @@ pub struct RunData {
     pub test: Vec<Example>,
 }
 
+impl RunData {
+    /// Training needs examples to train on and to validate with.
+    pub fn check(&self) -> Result<()> {
+        if self.train.is_empty() || self.validation.is_empty() {
+            return Err(Error::invalid(
+                "training needs non-empty train and validation sets",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StepLog {
@@ -216,16 +228,10 @@ pub fn score_split(
     })
 }
 
-/// Appends one JSON line to `path`.
+/// Appends one JSON line to `path`; a failed append leaves the earlier lines as they were.
 fn append_line(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{}", serde_json::to_string(value).expect("serialisable"))
-        .map_err(|e| Error::io(path, e))
+    let line = format!("{}\n", serde_json::to_string(value).expect("serialisable"));
+    crate::error::append(path, line.as_bytes())
 }
 
 /// Drops the lines of steps after `step` (they are redone by a resumed run).
@@ -255,6 +261,42 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     )
 }
 
+/// The prompt of `--init-from`, checked against the run: it fits the model,
+/// was trained with the same method and, with a low-rank part, the same m.
+/// Callers may call it before writing anything, to refuse a bad file early.
+pub fn load_init(
+    path: &Path,
+    cfg: &TrainConfig,
+    backbone: &Backbone,
+) -> Result<(SoftPrompt, PromptMeta)> {
+    let device = backbone.model.device().clone();
+    let (p, meta) = checkpoint::load(path, &device)?;
+    checkpoint::check_fits(path, &p, backbone.model.hidden_size())?;
+    if meta.method != cfg.prompt.method.name() {
+        return Err(Error::field(
+            path,
+            "ept.method",
+            format!(
+                "`{}`, but this run trains `{}`: start from a checkpoint of the same method",
+                meta.method,
+                cfg.prompt.method.name()
+            ),
+        ));
+    }
+    if p.max_input_len().is_some_and(|m| m != cfg.prompt.m) && p.low_rank.is_some() {
+        return Err(Error::field(
+            path,
+            "ept.max_len",
+            format!(
+                "{:?}, but this run's m is {}",
+                p.max_input_len(),
+                cfg.prompt.m
+            ),
+        ));
+    }
+    Ok((p, meta))
+}
+
 /// Trains a prompt on `data`, writing the run folder `run_dir`. `on_step`
 /// receives every step's log (for progress display).
 pub fn train(
@@ -266,12 +308,34 @@ pub fn train(
     resume: bool,
     on_step: &mut dyn FnMut(&StepLog),
 ) -> Result<RunResult> {
+    train_on(
+        cfg,
+        std::slice::from_ref(backbone),
+        data,
+        run_dir,
+        model_id,
+        resume,
+        on_step,
+    )
+}
+
+/// [`train`] data-parallel over `replicas`, the same frozen model on several
+/// devices (see [`super::parallel`]): every batch is shared out among them,
+/// the first holds the prompt and the optimiser and scores validation.
+pub fn train_on(
+    cfg: &TrainConfig,
+    replicas: &[Backbone],
+    data: &RunData,
+    run_dir: &Path,
+    model_id: &str,
+    resume: bool,
+    on_step: &mut dyn FnMut(&StepLog),
+) -> Result<RunResult> {
+    let backbone = replicas
+        .first()
+        .ok_or_else(|| Error::invalid("train: no model"))?;
     cfg.validate()?;
-    if data.train.is_empty() || data.validation.is_empty() {
-        return Err(Error::invalid(
-            "training needs non-empty train and validation sets",
-        ));
-    }
+    data.check()?;
     let device = backbone.model.device().clone();
     if !device.is_autodiff() {
         return Err(Error::invalid(
@@ -282,36 +346,13 @@ pub fn train(
     let metrics_path = run_dir.join("metrics.jsonl");
     let fresh = match &cfg.init_from {
         Some(path) => {
-            let (p, meta) = checkpoint::load(path, &device)?;
-            checkpoint::check_fits(path, &p, backbone.model.hidden_size())?;
+            let (p, meta) = load_init(path, cfg, backbone)?;
             if meta.model != model_id {
                 log::warn!(
                     "{}: trained on `{}`, now used with `{model_id}` (same width, so it loads)",
                     path.display(),
                     meta.model
                 );
-            }
-            if meta.method != cfg.prompt.method.name() {
-                return Err(Error::field(
-                    path,
-                    "ept.method",
-                    format!(
-                        "`{}`, but this run trains `{}`: start from a checkpoint of the same method",
-                        meta.method,
-                        cfg.prompt.method.name()
-                    ),
-                ));
-            }
-            if p.max_input_len().is_some_and(|m| m != cfg.prompt.m) && p.low_rank.is_some() {
-                return Err(Error::field(
-                    path,
-                    "ept.max_len",
-                    format!(
-                        "{:?}, but this run's m is {}",
-                        p.max_input_len(),
-                        cfg.prompt.m
-                    ),
-                ));
             }
             p
         }
@@ -371,9 +412,14 @@ pub fn train(
             let idx = state.queue.pop().expect("non-empty epoch");
             let rows: Vec<TokenizedExample> = idx.iter().map(|&i| train[i].clone()).collect();
             let n_tokens: usize = rows.iter().map(|r| r.label_ids.len()).sum();
-            let loss = batch_loss_sums(backbone.model.as_ref(), &prompt, &rows, pad_to).sum()
-                / n_tokens as f64;
-            let value = crate::tensors::to_f32_vec(loss.clone())[0] as f64;
+            let (value, micro) = super::parallel::loss_and_gradients(
+                replicas,
+                &prompt,
+                &rows,
+                n_tokens,
+                pad_to,
+                1.0 / accum as f64,
+            );
             if !value.is_finite() {
                 return Err(Error::Numeric(format!(
                     "step {}: the loss is {value}; the last good checkpoint is in {}",
@@ -384,12 +430,6 @@ pub fn train(
             loss_value += value / accum as f64;
             let input_len = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
             tokens += input_len.max(pad_to).max(1) * rows.len();
-            let grads = (loss / accum as f64).backward();
-            let micro: Vec<Option<Tensor<2>>> = prompt
-                .params()
-                .iter()
-                .map(|(_, _, t)| t.grad(&grads))
-                .collect();
             g = if g.is_empty() {
                 micro
             } else {

@@ -6,7 +6,8 @@
 //! written as a sibling folder and swapped in by renames, so a crash at any
 //! moment leaves either the previous `last/` or the new one, never a mix:
 //! between the two renames the previous one is `last.old/`, which resume
-//! falls back to.
+//! falls back to. A write that fails part-way (disk full) removes the
+//! temporary folder and leaves the previous `last/` as it was.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,21 +69,41 @@ fn write_optimizer(path: &Path, optim: &AdamW) -> Result<()> {
     ]
     .into();
     let bytes = safetensors_f32(&tensors, md).map_err(|e| Error::data(path, e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::error::write_atomic(path, &bytes)
 }
 
-fn read_optimizer(path: &Path, optim: &mut AdamW, device: &Device) -> Result<()> {
+/// Reads AdamW's moments; `shapes[i]` is parameter `i`'s shape, which its
+/// moments must have (a file from another run or a damaged one is refused,
+/// naming the tensor).
+fn read_optimizer(
+    path: &Path,
+    optim: &mut AdamW,
+    shapes: &[Vec<usize>],
+    device: &Device,
+) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::data(path, e.to_string()))?;
-    let get = |name: &str| -> Option<Tensor<2>> {
-        let v = st.tensor(name).ok()?;
-        let shape = v.shape();
+    let get = |name: &str, want: &[usize]| -> Result<Option<Tensor<2>>> {
+        let Ok(v) = st.tensor(name) else {
+            return Ok(None);
+        };
+        if v.dtype() != safetensors::Dtype::F32 || v.shape() != want {
+            return Err(Error::field(
+                path,
+                name,
+                format!(
+                    "{:?} {:?}: expected F32 {want:?}, the shape of the parameter it belongs to",
+                    v.dtype(),
+                    v.shape()
+                ),
+            ));
+        }
         let vals = f32_from_le(v.data());
-        Some(Tensor::from_data(
-            TensorData::new(vals, [shape[0], shape[1]]),
+        Ok(Some(Tensor::from_data(
+            TensorData::new(vals, [want[0], want[1]]),
             (device, DType::F32),
-        ))
+        )))
     };
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::data(path, e.to_string()))?;
@@ -92,8 +113,18 @@ fn read_optimizer(path: &Path, optim: &mut AdamW, device: &Device) -> Result<()>
         .and_then(|md| md.get("param_steps"))
         .and_then(|s| serde_json::from_str(s).ok())
         .ok_or_else(|| Error::field(path, "param_steps", "missing from the metadata"))?;
-    for i in 0..optim.moments.len() {
-        optim.moments[i] = match (get(&format!("m.{i}")), get(&format!("v.{i}"))) {
+    if shapes.len() != optim.moments.len() {
+        return Err(Error::data(
+            path,
+            format!(
+                "the optimiser has {} parameter groups, the prompt {}",
+                optim.moments.len(),
+                shapes.len()
+            ),
+        ));
+    }
+    for (i, want) in shapes.iter().enumerate() {
+        optim.moments[i] = match (get(&format!("m.{i}"), want)?, get(&format!("v.{i}"), want)?) {
             (Some(m), Some(v)) => Some(Moments {
                 m,
                 v,
@@ -105,9 +136,13 @@ fn read_optimizer(path: &Path, optim: &mut AdamW, device: &Device) -> Result<()>
     Ok(())
 }
 
-/// Writes `last/` atomically (see the module docs). The environment variable
-/// `EPT_TEST_CRASH_IN_CHECKPOINT=STEP` is a test hook: at that step the process
-/// aborts after the temporary folder is written, as a kill at the worst moment would.
+/// Writes `last/` atomically (see the module docs). A write that fails part-way
+/// (disk full, permission removed) removes the temporary folder and leaves the
+/// previous `last/` as it was; the error names the file under `last/`. The
+/// environment variable `EPT_TEST_CRASH_IN_CHECKPOINT=STEP` is a test hook: at
+/// that step the process aborts after the temporary folder is written, as a kill
+/// at the worst moment would (`EPT_TEST_FAIL_WRITE`, see
+/// [`crate::error::injected_failure`], makes one of its writes fail instead).
 pub fn save_last(
     run_dir: &Path,
     prompt: &SoftPrompt,
@@ -119,11 +154,11 @@ pub fn save_last(
     let tmp = run_dir.join(format!("last.tmp-{}", std::process::id()));
     let old = run_dir.join("last.old");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    checkpoint::save(&tmp.join("prompt.safetensors"), prompt, meta)?;
-    write_optimizer(&tmp.join("optimizer.safetensors"), optim)?;
-    let json = serde_json::to_vec(state).expect("state serialises");
-    crate::error::write_atomic(tmp.join("state.json"), &json)?;
+    let written = write_files(&tmp, prompt, meta, optim, state);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(renamed(e, &tmp, &last));
+    }
     let crash_at = std::env::var("EPT_TEST_CRASH_IN_CHECKPOINT")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
@@ -131,13 +166,62 @@ pub fn save_last(
         // Simulates a kill between writing the new state and swapping it in.
         std::process::abort();
     }
-    let _ = std::fs::remove_dir_all(&old);
+    // With no `last/` (a crash between the renames), `last.old/` is the checkpoint
+    // resume reads: it stays until the new `last/` is in place.
     if last.exists() {
-        std::fs::rename(&last, &old).map_err(|e| Error::io(&last, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        if let Err(e) = std::fs::rename(&last, &old) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::io(&last, e));
+        }
     }
-    std::fs::rename(&tmp, &last).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = std::fs::rename(&tmp, &last) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !last.exists() {
+            let _ = std::fs::rename(&old, &last);
+        }
+        return Err(Error::io(&last, e));
+    }
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// The files of a `last/` folder, written into `dir`.
+fn write_files(
+    dir: &Path,
+    prompt: &SoftPrompt,
+    meta: &PromptMeta,
+    optim: &AdamW,
+    state: &LoopState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    checkpoint::save(&dir.join("prompt.safetensors"), prompt, meta)?;
+    write_optimizer(&dir.join("optimizer.safetensors"), optim)?;
+    let json = serde_json::to_vec(state).expect("state serialises");
+    crate::error::write_atomic(dir.join("state.json"), &json)
+}
+
+/// `err` with the paths under `from` (the temporary folder, gone) shown under `to`.
+fn renamed(err: Error, from: &Path, to: &Path) -> Error {
+    let fix = |p: PathBuf| match p.strip_prefix(from) {
+        Ok(rest) => to.join(rest),
+        Err(_) => p,
+    };
+    match err {
+        Error::Io { path, source } => Error::Io {
+            path: fix(path),
+            source,
+        },
+        Error::NotFound { path, hint } => Error::NotFound {
+            path: fix(path),
+            hint,
+        },
+        Error::Data { path, msg } => Error::Data {
+            path: fix(path),
+            msg,
+        },
+        other => other,
+    }
 }
 
 /// The `last/` folder to resume from: `last/`, or `last.old/` when a crash hit between the renames.
@@ -162,13 +246,14 @@ pub fn load_last(
 ) -> Result<(SoftPrompt, LoopState)> {
     let dir = last_dir(run_dir)?;
     let (prompt, _) = checkpoint::load(&dir.join("prompt.safetensors"), device)?;
-    read_optimizer(&dir.join("optimizer.safetensors"), optim, device)?;
-    let text = crate::error::read_to_string(dir.join("state.json"))?;
-    let state: LoopState = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: dir.join("state.json"),
-        line: Some(e.line()),
-        msg: e.to_string(),
-    })?;
+    let shapes: Vec<Vec<usize>> = prompt
+        .params()
+        .iter()
+        .map(|(_, _, t)| t.dims().to_vec())
+        .collect();
+    read_optimizer(&dir.join("optimizer.safetensors"), optim, &shapes, device)?;
+    let path = dir.join("state.json");
+    let state: LoopState = crate::error::parse_json(&path, &crate::error::read_to_string(&path)?)?;
     optim.step = state.optimizer_step;
     Ok((prompt, state))
 }

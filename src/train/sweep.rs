@@ -21,8 +21,20 @@ pub type Settings = Vec<(String, String)>;
 /// A figure's series: its label and `(x, mean, std)` points.
 pub type Curve = (String, Vec<(f64, f64, f64)>);
 
-/// The product of the grid's lists (a scalar counts as a one-element list).
-pub fn expand(grid: &toml::Table) -> Vec<Combo> {
+/// The most runs a sweep file may ask for: a few lists in a small file can
+/// multiply to more runs than memory holds, and no study runs more.
+pub const MAX_RUNS: usize = 100_000;
+
+/// The product of the grid's lists (a scalar counts as a one-element list);
+/// `None` when it would exceed [`MAX_RUNS`].
+pub fn expand(grid: &toml::Table) -> Option<Vec<Combo>> {
+    let count = grid.values().try_fold(1usize, |n, v| match v {
+        toml::Value::Array(a) => n.checked_mul(a.len()),
+        _ => Some(n),
+    })?;
+    if count > MAX_RUNS {
+        return None;
+    }
     let mut combos: Vec<Combo> = vec![Vec::new()];
     for (key, value) in grid {
         let values = match value {
@@ -40,7 +52,42 @@ pub fn expand(grid: &toml::Table) -> Vec<Combo> {
             })
             .collect();
     }
-    combos
+    Some(combos)
+}
+
+/// One of N disjoint slices of a grid, so that N machines (or the jobs of a
+/// cluster's array) cover one sweep: `--shard i/N` with i from 1 to N takes
+/// every N-th run from the i-th. Interleaved rather than cut in blocks, so
+/// each slice mixes the grid's settings and seeds and the slices take about
+/// the same time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// From 1 to `count`.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `i/N`, 1 ≤ i ≤ N.
+    pub fn parse(s: &str) -> Result<Shard> {
+        let parsed = s.split_once('/').and_then(|(i, n)| {
+            Some((
+                i.trim().parse::<usize>().ok()?,
+                n.trim().parse::<usize>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((index, count)) if (1..=count).contains(&index) => Ok(Shard { index, count }),
+            _ => Err(Error::invalid(format!(
+                "--shard {s}: expected I/N with 1 ≤ I ≤ N, e.g. 2/8"
+            ))),
+        }
+    }
+
+    /// Whether the run at `position` (from 0, in grid order) is in this slice.
+    pub fn holds(&self, position: usize) -> bool {
+        position % self.count == self.index - 1
+    }
 }
 
 /// A value as it appears in run names and tables (`0.3`, `literal`, `true`).
@@ -225,7 +272,14 @@ mod tests {
     fn grid_product_names_and_summary() {
         let grid: toml::Table =
             toml::from_str("fusion = ['literal', 'off']\nseed = [1, 2]\nl = 10").unwrap();
-        let combos = expand(&grid);
+        let combos = expand(&grid).unwrap();
+        // 100 × 100 × 100 runs: refused before any is built.
+        let huge: toml::Table = toml::from_str(&format!(
+            "a = {v:?}\nb = {v:?}\nc = {v:?}",
+            v = (0..100).collect::<Vec<i32>>()
+        ))
+        .unwrap();
+        assert!(expand(&huge).is_none());
         assert_eq!(combos.len(), 4);
         assert_eq!(run_name(&combos[0]), "fusion=literal,l=10,seed=1");
         assert_eq!(run_name(&combos[3]), "fusion=off,l=10,seed=2");
@@ -256,6 +310,24 @@ mod tests {
             md.starts_with("| fusion | runs | validation accuracy |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn shards_cover_the_grid_exactly_once() {
+        for count in 1..=7 {
+            for len in 0..20 {
+                for position in 0..len {
+                    let holders = (1..=count)
+                        .filter(|&index| Shard { index, count }.holds(position))
+                        .count();
+                    assert_eq!(holders, 1, "run {position} of {len}, {count} shards");
+                }
+            }
+        }
+        assert_eq!(Shard::parse("2/8").unwrap(), Shard { index: 2, count: 8 });
+        for bad in ["0/8", "9/8", "1/0", "2", "a/b", "-1/4"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -52,6 +52,28 @@ pub fn ept_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `ept` that must refuse its input: exit 2, one `ept: ` line on stderr,
+/// no panic. Returns that line, or what went wrong instead.
+pub fn refusal(args: &[&str]) -> Result<String, String> {
+    let out = ept(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().collect();
+    if err.contains("panicked") {
+        Err(format!("panicked: {err}"))
+    } else if out.status.code() != Some(2) {
+        Err(format!("exit {:?}, stderr: {err}", out.status.code()))
+    } else if lines.len() != 1 || !lines[0].starts_with("ept: ") {
+        Err(format!("not one `ept: ` line: {err}"))
+    } else {
+        Ok(lines[0].to_string())
+    }
+}
+
+/// [`refusal`] that fails the test when `ept` does not refuse.
+pub fn error_of(args: &[&str]) -> String {
+    refusal(args).unwrap_or_else(|why| panic!("{args:?}: {why}"))
+}
+
 /// Every example's loss sum, alone and in one padded batch, against the
 /// reference sums `want`: alone within 1e-4 relative, the batch equal to
 /// alone within 1e-5 (both relative to max(|ref|, `floor`)). Returns the sums alone.

@@ -206,8 +206,22 @@ fn a_sweep_runs_its_grid_resumably_and_summarises_it() {
     ] {
         assert!(sweep.join(fig).is_file(), "{fig}");
     }
-    // Re-running skips the finished runs (their results are untouched).
+    // Re-running skips the finished runs (their results are untouched) and
+    // writes the summary again from them: byte for byte the same files, in
+    // another process (whose hash maps iterate in another order).
     let before = std::fs::read(sweep.join("num_experts=1,seed=1/results.json")).unwrap();
+    let summary_files = [
+        "results.md",
+        "results.json",
+        "fig5-spaces.png",
+        "fig5-spaces.svg",
+        "fig8-gate.png",
+        "fig8-gate.svg",
+    ];
+    let first: Vec<Vec<u8>> = summary_files
+        .iter()
+        .map(|f| std::fs::read(sweep.join(f)).unwrap())
+        .collect();
     let out = ept(&[
         "sweep",
         file.to_str().unwrap(),
@@ -220,6 +234,12 @@ fn a_sweep_runs_its_grid_resumably_and_summarises_it() {
         before,
         std::fs::read(sweep.join("num_experts=1,seed=1/results.json")).unwrap()
     );
+    for (f, bytes) in summary_files.iter().zip(&first) {
+        assert!(
+            std::fs::read(sweep.join(f)).unwrap() == *bytes,
+            "{f}: written again with other bytes"
+        );
+    }
     // An unknown key in the sweep file is a one-line error.
     std::fs::write(&file, "[base]\nlr = 1\n").unwrap();
     let out = ept(&[
@@ -231,4 +251,93 @@ fn a_sweep_runs_its_grid_resumably_and_summarises_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("`lr`") && err.lines().count() == 1, "{err}");
+}
+
+/// `results.md` without its last column, the time, which two sweeps never share.
+fn without_time(md: &str) -> String {
+    md.lines()
+        .map(|l| match l.trim_end_matches('|').rfind('|') {
+            Some(i) if l.starts_with('|') => l[..i].to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The runs a sweep's stderr says it trained (`[k/N] NAME` lines that did not skip).
+fn trained(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('[') && !l.contains("skipped"))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(':')
+                .to_string()
+        })
+        .collect()
+}
+
+/// `--shard i/N` slices cover the grid exactly once, `--collect` refuses an
+/// unfinished sweep and then writes the unsharded sweep's summary, and
+/// `--devices` runs the grid two at a time to the same results.
+#[test]
+fn shards_collect_to_the_unsharded_sweep_and_devices_run_at_once() {
+    let dir = temp_dir("sweep-shards");
+    let file = dir.join("seeds.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"seeds\"\n[base]\n{}\n[grid]\nseed = [1, 2, 3]\n",
+            base_toml()
+        ),
+    )
+    .unwrap();
+    let sweep = |runs: &str, extra: &[&str]| {
+        let runs = dir.join(runs).display().to_string();
+        let mut args = vec!["sweep", file.to_str().unwrap(), "--runs-dir", &runs];
+        args.extend_from_slice(extra);
+        ept(&args)
+    };
+    let whole = sweep("whole", &[]);
+    ok(&whole);
+    let mut names = trained(&whole);
+    names.sort();
+    assert_eq!(names, ["seed=1", "seed=2", "seed=3"]);
+
+    let first = sweep("sharded", &["--shard", "1/2"]);
+    ok(&first);
+    assert_eq!(trained(&first), ["seed=1", "seed=3"]);
+    assert!(!dir.join("sharded/seeds/results.md").exists());
+    let early = sweep("sharded", &["--collect"]);
+    assert_eq!(early.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        err.contains("1 of 3 runs are not finished (seed=2)"),
+        "{err}"
+    );
+    let second = sweep("sharded", &["--shard", "2/2"]);
+    ok(&second);
+    assert_eq!(trained(&second), ["seed=2"]);
+    let collect = sweep("sharded", &["--collect"]);
+    ok(&collect);
+    assert!(trained(&collect).is_empty());
+
+    let both = sweep("both", &["--devices", "cpu,cpu"]);
+    ok(&both);
+    let mut names = trained(&both);
+    names.sort();
+    assert_eq!(names, ["seed=1", "seed=2", "seed=3"]);
+
+    let md = |runs: &str| std::fs::read_to_string(dir.join(runs).join("seeds/results.md")).unwrap();
+    assert!(md("whole").contains("| 3 |"), "{}", md("whole"));
+    assert_eq!(without_time(&md("sharded")), without_time(&md("whole")));
+    assert_eq!(without_time(&md("both")), without_time(&md("whole")));
+    for bad in ["0/2", "3/2", "x"] {
+        let out = sweep("bad", &["--shard", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--shard") && err.lines().count() == 1, "{err}");
+    }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::{self, close, fixtures};
+use crate::common::{self, close, error_of, fixtures};
 use ept::evaluate::example_loss_sums;
 use ept::io::bnb4::{Absmax, Quant4, QuantType, StoredDtype};
 use ept::io::weights::{FloatType, WeightFile};
@@ -376,18 +376,6 @@ fn four_bit_weights_stay_four_bit_in_memory() {
     );
     let per = q.bytes() as f64 / q.numel() as f64;
     assert!((0.5159..0.5163).contains(&per), "{per} bytes per parameter");
-}
-
-/// Runs `ept` that must fail: exit 2, one `ept:` line, no panic. Returns the line.
-fn error_of(args: &[&str]) -> String {
-    let o = common::ept_env(args, &[("RUST_LOG", "warn")]);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: {err}");
-    assert!(lines[0].starts_with("ept: "), "{err}");
-    lines[0].to_string()
 }
 
 /// A copy of a 4-bit fixture folder with `edit` applied to its config and tensors.

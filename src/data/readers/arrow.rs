@@ -3,8 +3,7 @@
 //! (magic `ARROW1`) is accepted too. Record batches become JSON rows (structs as objects, lists as
 //! arrays), the same shape the JSONL reader gives, so one formatter serves every format.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Cursor;
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
@@ -18,38 +17,162 @@ use crate::error::{Error, Result};
 
 /// Reads every row of an Arrow IPC stream or file.
 pub fn read(path: &Path) -> Result<Vec<Row>> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 6];
-    let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
         return Err(Error::data(
             path,
             "empty file: expected an Arrow IPC stream",
         ));
     }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let is_file_format = bytes.starts_with(b"ARROW1");
     let bad = |e: arrow_schema::ArrowError| {
         Error::data(
             path,
             format!("not a readable Arrow IPC stream or file: {e}"),
         )
     };
-    let mut rows = Vec::new();
-    if is_file_format {
-        let reader =
-            arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(bad)?;
-        for batch in reader {
-            batch_rows(&batch.map_err(bad)?, path, &mut rows)?;
+    check_framing(&bytes, is_file_format).map_err(|e| {
+        Error::data(
+            path,
+            format!("not a readable Arrow IPC stream or file: {e}"),
+        )
+    })?;
+    super::guarded(path, "Arrow IPC", || {
+        let mut rows = Vec::new();
+        let input = Cursor::new(bytes.as_slice());
+        if is_file_format {
+            let reader = arrow_ipc::reader::FileReader::try_new(input, None).map_err(bad)?;
+            for batch in reader {
+                batch_rows(&batch.map_err(bad)?, path, &mut rows)?;
+            }
+        } else {
+            let reader = arrow_ipc::reader::StreamReader::try_new(input, None).map_err(bad)?;
+            for batch in reader {
+                batch_rows(&batch.map_err(bad)?, path, &mut rows)?;
+            }
         }
-    } else {
-        let reader =
-            arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None).map_err(bad)?;
-        for batch in reader {
-            batch_rows(&batch.map_err(bad)?, path, &mut rows)?;
+        Ok(rows)
+    })
+}
+
+/// Checks every length an IPC file gives against its size before arrow-rs
+/// reads it: arrow-rs allocates a message's metadata and body at the lengths
+/// claimed, slices buffers at the offsets claimed (asserting they fit), and
+/// a batch claims its row count. A corrupt length must be an error, not a
+/// multi-exabyte allocation or a panic. The stream format is a sequence of
+/// messages; the file format adds a footer whose blocks point at them.
+fn check_framing(bytes: &[u8], is_file_format: bool) -> std::result::Result<(), String> {
+    let len = bytes.len();
+    if !is_file_format {
+        let mut at = 0;
+        while at < len {
+            let Some((meta_at, meta_len)) = message_prefix(bytes, at)? else {
+                return Ok(()); // end-of-stream marker
+            };
+            let body = check_message(bytes, meta_at, meta_len)?;
+            at = meta_at + meta_len + body;
+        }
+        return Ok(());
+    }
+    let footer_len = len
+        .checked_sub(10)
+        .and_then(|end| Some(i32::from_le_bytes(bytes[end..end + 4].try_into().ok()?)))
+        .ok_or("file too short for its footer")?;
+    let footer_at = usize::try_from(footer_len)
+        .ok()
+        .and_then(|n| (len - 10).checked_sub(n))
+        .ok_or_else(|| format!("footer of {footer_len} bytes in a file of {len}"))?;
+    let footer = arrow_ipc::root_as_footer(&bytes[footer_at..len - 10])
+        .map_err(|e| format!("invalid footer: {e}"))?;
+    let blocks = footer.recordBatches().into_iter().flatten();
+    for block in blocks.chain(footer.dictionaries().into_iter().flatten()) {
+        let (offset, meta, body) = (block.offset(), block.metaDataLength(), block.bodyLength());
+        let fits = usize::try_from(offset).ok().and_then(|o| {
+            let end = o
+                .checked_add(usize::try_from(meta).ok()?)?
+                .checked_add(usize::try_from(body).ok()?)?;
+            (end <= len).then_some(o)
+        });
+        let Some(o) = fits else {
+            return Err(format!(
+                "a block at {offset} of {meta} + {body} bytes is outside the file ({len} bytes)"
+            ));
+        };
+        if let Some((meta_at, meta_len)) = message_prefix(bytes, o)? {
+            check_message(bytes, meta_at, meta_len)?;
         }
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// The metadata of the message at `at` (start, length), after its
+/// continuation marker and length prefix; None at the end-of-stream marker.
+fn message_prefix(bytes: &[u8], at: usize) -> std::result::Result<Option<(usize, usize)>, String> {
+    let word = |i: usize| -> std::result::Result<i32, String> {
+        bytes
+            .get(i..i + 4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| format!("message prefix at byte {i} cut short"))
+    };
+    let (mut meta_at, mut meta_len) = (at + 4, word(at)?);
+    if meta_len == -1 {
+        // The continuation marker of the current format, then the length.
+        meta_len = word(at + 4)?;
+        meta_at += 4;
+    }
+    if meta_len == 0 {
+        return Ok(None);
+    }
+    let meta_len = usize::try_from(meta_len)
+        .ok()
+        .filter(|&n| meta_at.saturating_add(n) <= bytes.len())
+        .ok_or_else(|| format!("message at byte {at} claims {meta_len} bytes of metadata"))?;
+    Ok(Some((meta_at, meta_len)))
+}
+
+/// Checks one message's body length and buffers; returns the body length.
+fn check_message(
+    bytes: &[u8],
+    meta_at: usize,
+    meta_len: usize,
+) -> std::result::Result<usize, String> {
+    let message = arrow_ipc::root_as_message(&bytes[meta_at..meta_at + meta_len])
+        .map_err(|e| format!("invalid message at byte {meta_at}: {e}"))?;
+    let body_at = meta_at + meta_len;
+    let body = usize::try_from(message.bodyLength())
+        .ok()
+        .filter(|&n| body_at.saturating_add(n) <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "message at byte {meta_at} claims a body of {} bytes",
+                message.bodyLength()
+            )
+        })?;
+    let batch = message
+        .header_as_record_batch()
+        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    if let Some(batch) = batch {
+        for b in batch.buffers().into_iter().flatten() {
+            let end = b.offset().checked_add(b.length());
+            if b.offset() < 0 || b.length() < 0 || end.is_none_or(|e| e as u64 > body as u64) {
+                return Err(format!(
+                    "a buffer at {} of {} bytes is outside its message body ({body} bytes)",
+                    b.offset(),
+                    b.length()
+                ));
+            }
+        }
+        // A row takes at least a bit of some buffer (Null columns aside):
+        // more rows than bits in the file is a corrupt count.
+        let rows = batch.length();
+        if rows < 0 || rows as u64 > 8 * bytes.len() as u64 {
+            return Err(format!(
+                "a batch claims {rows} rows in a file of {} bytes",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(body)
 }
 
 /// Appends the rows of one record batch to `out`.

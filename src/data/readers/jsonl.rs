@@ -149,7 +149,8 @@ pub fn flatten_superglue(
                 ) else {
                     return Err(bad("an entity lacks integer `start`/`end`"));
                 };
-                let (s, end) = (s as usize, end as usize + 1);
+                // Saturating: a file may give any `end`, u64::MAX included.
+                let (s, end) = (s as usize, (end as usize).saturating_add(1));
                 if s > end || end > chars.len() {
                     return Err(bad(&format!(
                         "entity span {s}..{end} is outside the passage ({} characters)",

@@ -94,6 +94,22 @@ pub fn read_file(path: &Path, task: Option<Task>) -> Result<Vec<Row>> {
     }
 }
 
+/// Runs `decode` (arrow-rs or parquet decoding `path`), turning a panic into
+/// an error. Why: both crates assert on some inconsistent inputs (a buffer
+/// slice past its body, a negative column range, a definition-level bitmap
+/// shorter than it claims) instead of returning an error, and a corrupt data
+/// file must never crash ept. Lengths that would make them allocate beyond
+/// the file are checked before (`arrow::read`, `parquet::read`): an
+/// allocation failure aborts and cannot be caught.
+pub(crate) fn guarded<T>(
+    path: &Path,
+    format: &str,
+    decode: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    crate::error::catch_library_panic(decode)
+        .unwrap_or_else(|why| Err(Error::data(path, format!("corrupt {format} data: {why}"))))
+}
+
 /// Reads and concatenates shards in order.
 pub fn read_files(files: &[PathBuf], task: Option<Task>) -> Result<Table> {
     let mut table = Table {

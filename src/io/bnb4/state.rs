@@ -238,7 +238,11 @@ impl Quant4 {
                 format!("{}: expected an even number > 0", json.blocksize),
             ));
         }
-        let n: usize = want.iter().product();
+        // The shape comes from a config.json: its product may overflow.
+        let n = want
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad("weight", format!("shape {want:?}: too many elements")))?;
         let n_blocks = n.div_ceil(json.blocksize);
         let need = |suffix: &str| -> Result<RawTensor> {
             let key = if suffix.is_empty() {
