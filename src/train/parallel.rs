@@ -77,19 +77,27 @@ pub fn loss_and_gradients(
     let mut sum: Vec<Option<Tensor<2>>> = Vec::new();
     for (v, g) in shares {
         value += v;
-        sum = if sum.is_empty() {
-            g
-        } else {
-            sum.into_iter()
-                .zip(g)
-                .map(|(a, b)| match (a, b) {
-                    (Some(a), Some(b)) => Some(a + b),
-                    (a, b) => a.or(b),
-                })
-                .collect()
-        };
+        sum = add_gradients(sum, g);
     }
     (value, sum)
+}
+
+/// `a + b` parameter by parameter (`a` empty: `b`); a parameter without a
+/// gradient on one side takes the other's.
+pub fn add_gradients(
+    a: Vec<Option<Tensor<2>>>,
+    b: Vec<Option<Tensor<2>>>,
+) -> Vec<Option<Tensor<2>>> {
+    if a.is_empty() {
+        return b;
+    }
+    a.into_iter()
+        .zip(b)
+        .map(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        })
+        .collect()
 }
 
 /// A trainable copy of `prompt` on `device`: fresh leaves, so each replica's

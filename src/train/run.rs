@@ -430,17 +430,7 @@ pub fn train_on(
             loss_value += value / accum as f64;
             let input_len = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
             tokens += input_len.max(pad_to).max(1) * rows.len();
-            g = if g.is_empty() {
-                micro
-            } else {
-                g.into_iter()
-                    .zip(micro)
-                    .map(|(a, b)| match (a, b) {
-                        (Some(a), Some(b)) => Some(a + b),
-                        (a, b) => a.or(b),
-                    })
-                    .collect()
-            };
+            g = super::parallel::add_gradients(g, micro);
         }
         let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
         let factor = cfg.schedule.factor(step, cfg.warmup_steps, cfg.max_steps);
