@@ -247,7 +247,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(SoftPrompt, PromptMeta)> {
         materialized,
         model: md.get("ept.model").cloned().unwrap_or_default(),
         d_model: d,
-        l: md.get("ept.l").and_then(|v| v.parse().ok()).unwrap_or(0),
+        l: match md.get("ept.l") {
+            Some(_) => parse_usize("ept.l")?,
+            None => 0,
+        },
     };
     Ok((sp, meta))
 }

@@ -174,34 +174,67 @@ pub struct RunResult {
 }
 
 /// Scores `examples` with `prompt`: loss, the task's metrics (or exact match
-/// for a plain JSONL task) and the selection value.
+/// for a plain JSONL task) and the selection value. With several `replicas`
+/// (data parallel) each scores an equal contiguous share, one thread each,
+/// and the shares' loss sums and predictions are put back together in order.
 pub fn score_split(
-    backbone: &Backbone,
+    replicas: &[Backbone],
     prompt: &SoftPrompt,
     task: Option<Task>,
     examples: &[Example],
     cfg: &TrainConfig,
 ) -> Result<Scores> {
-    let tokenized = tokenize_pairs(&backbone.tokenizer, examples, Some(cfg.prompt.m))?;
-    // Forward passes only: off the autodiff device (see `FrozenModel::for_inference`).
-    let model = backbone.model.for_inference();
-    let prompt = &prompt.clone().to_device(model.device(), false);
-    let loss = corpus_loss(model.as_ref(), prompt, &tokenized, cfg.eval_batch_size).loss;
+    let tokenizer = &replicas[0].tokenizer;
+    let tokenized = tokenize_pairs(tokenizer, examples, Some(cfg.prompt.m))?;
     let labels = task.and_then(|t| t.labels());
     let scoring = if labels.is_none() {
         Scoring::Generate
     } else {
         cfg.scoring
     };
-    let preds = predict(
-        model.as_ref(),
-        &backbone.tokenizer,
-        prompt,
-        &tokenized,
-        scoring,
-        labels,
-        cfg.eval_batch_size,
-    )?;
+    let share = tokenized.len().div_ceil(replicas.len()).max(1);
+    let score_share = |replica: &Backbone, part: &[crate::model::batch::TokenizedExample]| {
+        // Forward passes only: off the autodiff device (see `FrozenModel::for_inference`).
+        let model = replica.model.for_inference();
+        let prompt = &prompt.clone().to_device(model.device(), false);
+        let report = corpus_loss(model.as_ref(), prompt, part, cfg.eval_batch_size);
+        let preds = predict(
+            model.as_ref(),
+            tokenizer,
+            prompt,
+            part,
+            scoring,
+            labels,
+            cfg.eval_batch_size,
+        );
+        preds.map(|p| (report.loss_sum, report.tokens, p))
+    };
+    let shares: Vec<Result<(f64, usize, Vec<String>)>> = if replicas.len() == 1 {
+        vec![score_share(&replicas[0], &tokenized)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = replicas
+                .iter()
+                .zip(tokenized.chunks(share))
+                .map(|(replica, part)| scope.spawn(move || score_share(replica, part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a replica's scoring does not panic"))
+                .collect()
+        })
+    };
+    let (mut loss_sum, mut tokens, mut preds) = (0.0, 0usize, Vec::with_capacity(examples.len()));
+    for share in shares {
+        let (l, t, p) = share?;
+        (loss_sum, tokens) = (loss_sum + l, tokens + t);
+        preds.extend(p);
+    }
+    let loss = if tokens == 0 {
+        f64::NAN
+    } else {
+        loss_sum / tokens as f64
+    };
     let (metrics, selection) = match task {
         Some(t) => {
             let m = crate::metrics::score(t, &preds, examples)?;
@@ -320,8 +353,8 @@ pub fn train(
 }
 
 /// [`train`] data-parallel over `replicas`, the same frozen model on several
-/// devices (see [`super::parallel`]): every batch is shared out among them,
-/// the first holds the prompt and the optimiser and scores validation.
+/// devices (see [`super::parallel`]): every batch and every evaluation is
+/// shared out among them; the first holds the prompt and the optimiser.
 pub fn train_on(
     cfg: &TrainConfig,
     replicas: &[Backbone],
@@ -449,7 +482,7 @@ pub fn train_on(
         };
         let last = step + 1 == cfg.max_steps;
         if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
-            let scores = score_split(backbone, &prompt, data.task, &data.validation, cfg)?;
+            let scores = score_split(replicas, &prompt, data.task, &data.validation, cfg)?;
             // Ties on the metric (common early on) go to the lower validation loss.
             let better = state.best.as_ref().is_none_or(|(_, b)| {
                 scores.selection > b.selection
@@ -480,7 +513,7 @@ pub fn train_on(
     } else {
         let (best_prompt, _) = checkpoint::load(&best_path, &device)?;
         Some(score_split(
-            backbone,
+            replicas,
             &best_prompt,
             data.task,
             &data.test,

@@ -825,6 +825,11 @@ fn file_cases(work: &Path, m: &str, d: &str, runs: &str) -> Vec<Case> {
             &["ept.fusion", "sideways"],
         ),
         eval_prompt(
+            "prompt l not a number",
+            &ckpt("l.safetensors", &[("ept.l", "many")], 0.5),
+            &["ept.l", "many", "non-negative integer"],
+        ),
+        eval_prompt(
             "prompt format",
             &ckpt("format.safetensors", &[("ept.format", "99")], 0.5),
             &["ept.format"],

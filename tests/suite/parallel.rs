@@ -81,7 +81,8 @@ fn assert_close(a: &Path, b: &Path, tol: f32) {
 
 /// 20 steps on the organism: one device, two (`--devices cpu,cpu`), and two
 /// killed at step 10 and resumed on one. The prompts agree within 1e-5 of
-/// their largest value (observed 3e-7). The experts are left out (`pt` and
+/// their largest value (observed 3e-7), the validation and test losses
+/// (scored in shares on the two devices) within 1e-5 and their metrics exactly. The experts are left out (`pt` and
 /// `--no-multi-space`): their second layers get gradients at rounding level,
 /// which AdamW turns into full-size steps of either sign, so another order
 /// of f32 sums moves them by up to 5 % in 20 steps (measured; the same
@@ -164,5 +165,22 @@ fn two_devices_train_the_single_device_prompt() {
             &last(&format!("cut-{tag}")),
             1e-5,
         );
+        // Validation and test, scored in shares on the two devices: the same.
+        let results = |name: &str| -> serde_json::Value {
+            let text = std::fs::read_to_string(runs.join(name).join("results.json")).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let (a, b) = (
+            results(&format!("one-{tag}")),
+            results(&format!("two-{tag}")),
+        );
+        for split in ["validation", "test"] {
+            let (x, y) = (
+                a[split]["loss"].as_f64().unwrap(),
+                b[split]["loss"].as_f64().unwrap(),
+            );
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "{tag} {split}: {x} vs {y}");
+            assert_eq!(a[split]["metrics"], b[split]["metrics"], "{tag} {split}");
+        }
     }
 }
