@@ -155,50 +155,29 @@ impl T5Config {
                 ));
             }
         }
-        for (field, value) in [
-            ("d_model", self.d_model),
-            ("d_kv", self.d_kv),
-            ("d_ff", self.d_ff),
-            ("num_heads", self.num_heads),
-            ("vocab_size", self.vocab_size),
-            ("num_layers", self.num_layers),
+        // Each size: positive, and bounded before anything is allocated from it.
+        for (field, value, max) in [
+            ("d_model", self.d_model, MAX_DIM),
+            ("d_kv", self.d_kv, MAX_DIM),
+            ("d_ff", self.d_ff, MAX_DIM),
+            ("num_heads", self.num_heads, MAX_DIM),
+            ("vocab_size", self.vocab_size, MAX_DIM),
             (
                 "relative_attention_num_buckets",
                 self.relative_attention_num_buckets,
+                MAX_DIM,
             ),
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_decoder_layers", self.decoder_layers(), MAX_LAYERS),
         ] {
             if value == 0 {
                 return Err(Error::field(path, field, "must be positive"));
             }
-        }
-        for (field, value) in [
-            ("d_model", self.d_model),
-            ("d_kv", self.d_kv),
-            ("d_ff", self.d_ff),
-            ("num_heads", self.num_heads),
-            ("vocab_size", self.vocab_size),
-            (
-                "relative_attention_num_buckets",
-                self.relative_attention_num_buckets,
-            ),
-        ] {
-            if value > MAX_DIM {
+            if value > max {
                 return Err(Error::field(
                     path,
                     field,
-                    format!("{value}: expected at most {MAX_DIM}"),
-                ));
-            }
-        }
-        for (field, value) in [
-            ("num_layers", self.num_layers),
-            ("num_decoder_layers", self.decoder_layers()),
-        ] {
-            if value > MAX_LAYERS {
-                return Err(Error::field(
-                    path,
-                    field,
-                    format!("{value}: expected at most {MAX_LAYERS} layers"),
+                    format!("{value}: expected at most {max}"),
                 ));
             }
         }
